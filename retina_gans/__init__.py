@@ -1,0 +1,1 @@
+"""retina-gans: train and compare GANs on RetinaMNIST with Lightning and Hydra."""

@@ -1,0 +1,246 @@
+"""The GAN LightningModule (schedule, sampling, logging, metrics) and the three variants (their losses only).
+
+Counting: Lightning's `trainer.global_step` counts every `optimizer.step()` of both optimizers
+(Lightning issue #17958), so `trainer.max_steps` bounds critic + generator steps together. The
+schedule is counted here instead: one training batch = one critic step; the generator steps after
+every `n_critic`-th critic step, counted across epoch boundaries. One epoch = one pass of the
+training data through the critic. `train/critic_steps` and `train/generator_steps` are logged
+at each epoch end; the x-axis of step-level curves is the batch (= critic step) counter.
+"""
+
+from pathlib import Path
+from typing import Any, Callable
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+from torchvision.utils import make_grid, save_image
+
+from retina_gans import losses
+from retina_gans.metrics import GenerationMetrics, memorization_ratio, resolve_extractors
+from retina_gans.networks import has_batch_norm
+from retina_gans.pixels import to_uint8
+
+OptimizerFactory = Callable[..., torch.optim.Optimizer]
+
+
+class GAN(L.LightningModule):
+    """A generator and a critic trained alternately by manual optimization; subclasses supply the losses."""
+
+    critic_compilable = True
+
+    def __init__(
+        self,
+        generator: nn.Module,
+        critic: nn.Module,
+        generator_optimizer: OptimizerFactory,
+        critic_optimizer: OptimizerFactory,
+        latent_dim: int,
+        n_critic: int,
+        n_grid_samples: int,
+        metrics: dict[str, Any],
+        compile: bool,
+    ) -> None:
+        super().__init__()
+        if n_critic < 1:
+            raise ValueError(f"model.n_critic must be >= 1 (critic steps per generator step), got {n_critic}")
+        self.automatic_optimization = False
+        self.generator = generator
+        self.critic = critic
+        self.generator_optimizer = generator_optimizer
+        self.critic_optimizer = critic_optimizer
+        if compile:  # in place (nn.Module.compile), so state_dict keys and checkpoints are unchanged
+            self.generator.compile()
+            if self.critic_compilable:
+                self.critic.compile()
+        self.latent_dim = latent_dim
+        self.n_critic = n_critic
+        self.metrics_config = metrics
+        self.extractors = resolve_extractors(metrics["extractors"], metrics["inception_weights"])
+        self.critic_steps = 0
+        self.generator_steps = 0
+        # Fixed noise, regenerated from a constant seed (not saved): every run and epoch draws the same samples.
+        noise = torch.Generator().manual_seed(metrics["noise_seed"])
+        self.register_buffer("grid_noise", torch.randn(n_grid_samples, latent_dim, generator=noise), persistent=False)
+        self.metrics: GenerationMetrics | None = None
+        self.run_config: dict[str, Any] | None = None  # the composed Hydra config, set by `train`
+        self._generated: list[Tensor] = []
+
+    # ---- what a variant defines -------------------------------------------------------------
+    def critic_loss(self, real: Tensor, fake: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """The critic's loss on a real and a (detached) fake batch, plus extra values to log."""
+        raise NotImplementedError
+
+    def generator_loss(self, fake: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def constrain_critic(self) -> None:
+        """Called after every critic step (WGAN clips weights here)."""
+
+    # ---- the schedule -------------------------------------------------------------------------
+    def configure_optimizers(self) -> list[torch.optim.Optimizer]:
+        return [self.critic_optimizer(self.critic.parameters()), self.generator_optimizer(self.generator.parameters())]
+
+    def sample_noise(self, n: int) -> Tensor:
+        return torch.randn(n, self.latent_dim, device=self.device)
+
+    def training_step(self, real: Tensor, batch_idx: int) -> None:
+        """One critic step on this batch; one generator step after every n_critic-th critic step."""
+        critic_opt, generator_opt = self.optimizers()
+        with torch.no_grad():
+            fake = self.generator(self.sample_noise(real.shape[0]))  # (N, C, H, W) in [-1, 1]
+        with self.toggled_optimizer(critic_opt):
+            critic_loss, extra = self.critic_loss(real, fake)
+            critic_opt.zero_grad(set_to_none=True)
+            self.manual_backward(critic_loss)
+            critic_opt.step()
+        self.constrain_critic()
+        self.critic_steps += 1
+        self.log("train/critic_loss", critic_loss, on_step=True, on_epoch=True)
+        self.log_dict({f"train/{k}": v for k, v in extra.items()}, on_step=True, on_epoch=True)
+
+        if self.critic_steps % self.n_critic == 0:
+            with self.toggled_optimizer(generator_opt):
+                generator_loss = self.generator_loss(self.generator(self.sample_noise(real.shape[0])))
+                generator_opt.zero_grad(set_to_none=True)
+                self.manual_backward(generator_loss)
+                generator_opt.step()
+            self.generator_steps += 1
+            self.log("train/generator_loss", generator_loss, on_step=True, on_epoch=True)
+
+    def on_train_epoch_end(self) -> None:
+        self.log_dict(
+            {"train/critic_steps": float(self.critic_steps), "train/generator_steps": float(self.generator_steps)},
+            on_step=False,
+            on_epoch=True,
+        )
+        self._write_sample_grid()
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["gan_steps"] = {"critic": self.critic_steps, "generator": self.generator_steps}
+        if self.run_config is not None:  # lets `evaluate` and `sample` rebuild the nets from the checkpoint alone
+            checkpoint["run_config"] = self.run_config
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.critic_steps = checkpoint["gan_steps"]["critic"]
+        self.generator_steps = checkpoint["gan_steps"]["generator"]
+
+    # ---- samples --------------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(self, noise: Tensor) -> Tensor:
+        """Samples in eval mode (BatchNorm uses running statistics), as uint8 (N, C, H, W)."""
+        was_training = self.generator.training
+        self.generator.eval()
+        images = to_uint8(self.generator(noise.to(self.device)))
+        self.generator.train(was_training)
+        return images
+
+    def _write_sample_grid(self) -> None:
+        """The fixed-noise grid of this epoch, to TensorBoard and to `<run>/samples/epoch_NNNN.png`."""
+        if not self.trainer.is_global_zero:
+            return
+        grid = make_grid(self.generate(self.grid_noise), nrow=8)  # (3, H', W') uint8
+        for logger in self.loggers:
+            if isinstance(logger, L.pytorch.loggers.TensorBoardLogger):
+                logger.experiment.add_image("samples", grid, global_step=self.current_epoch)
+        run_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)
+        (run_dir / "samples").mkdir(parents=True, exist_ok=True)
+        save_image(grid.float() / 255.0, run_dir / "samples" / f"epoch_{self.current_epoch:04d}.png")
+
+    # ---- metrics in the validation hooks ----------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        if self.metrics is not None or stage not in ("fit", "validate"):
+            return
+        data = self.trainer.datamodule
+        reference = data.images[data.hparams.reference_split]
+        noise = torch.Generator().manual_seed(self.metrics_config["noise_seed"] + 1)
+        self.register_buffer(
+            "eval_noise", torch.randn(len(reference), self.latent_dim, generator=noise), persistent=False
+        )
+        self.metrics = GenerationMetrics(
+            self.extractors, self.metrics_config["inception_weights"], reference.shape[1], len(reference)
+        )
+        self.memorization_reference = {"train": data.images["train"], "test": data.images["test"]}
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        """Real reference images enter the metrics once per run; generated ones at every validation."""
+        indices, real = batch  # (B,), (B, C, H, W) in [-1, 1]
+        if not self.metrics.has_real:
+            self.metrics.update(to_uint8(real), real=True)
+        fake = self.generate(self.eval_noise[indices])
+        self.metrics.update(fake, real=False)
+        self._generated.append(fake)
+
+    def on_validation_epoch_end(self) -> None:
+        generated, self._generated = torch.cat(self._generated), []
+        if self.trainer.sanity_checking:  # a partial pass: its real features must not be kept for the run
+            self.metrics.reset_all()
+            return
+        values = self.metrics.compute()
+        generated = self.all_gather(generated).flatten(0, -4)  # (world * n, C, H, W)
+        ref = self.memorization_reference
+        values["memorization"] = memorization_ratio(generated, ref["train"].to(self.device), ref["test"].to(self.device))
+        self.log_dict({f"val/{k}": v for k, v in values.items()}, sync_dist=False)
+        self.metrics.reset_fake()
+
+
+class LSGAN(GAN):
+    """Least-squares GAN (Mao et al. 2017): the critic regresses real to 1 and fake to 0."""
+
+    def critic_loss(self, real: Tensor, fake: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        return losses.least_squares_critic(self.critic(real), self.critic(fake)), {}
+
+    def generator_loss(self, fake: Tensor) -> Tensor:
+        return losses.least_squares_generator(self.critic(fake))
+
+
+class WassersteinGAN(GAN):
+    """Shared by both WGANs: the critic estimates the Wasserstein-1 distance; only the Lipschitz constraint differs."""
+
+    def critic_loss(self, real: Tensor, fake: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        real_scores, fake_scores = self.critic(real), self.critic(fake)
+        extra = {"wasserstein_distance": losses.wasserstein_estimate(real_scores, fake_scores).detach()}
+        return losses.wasserstein_critic(real_scores, fake_scores), extra
+
+    def generator_loss(self, fake: Tensor) -> Tensor:
+        return losses.wasserstein_generator(self.critic(fake))
+
+
+class WGAN(WassersteinGAN):
+    """WGAN with weight clipping (Arjovsky et al. 2017): every critic parameter is clamped to [-c, c] after each step."""
+
+    def __init__(self, *args: Any, clip_value: float, **kwargs: Any) -> None:
+        if not clip_value > 0:
+            raise ValueError(f"model.clip_value must be > 0 (weights are clamped to [-c, c]), got {clip_value}")
+        super().__init__(*args, **kwargs)
+        self.clip_value = clip_value
+
+    @torch.no_grad()
+    def constrain_critic(self) -> None:
+        c = self.clip_value
+        for p in self.critic.parameters():
+            p.clamp_(-c, c)
+
+
+class WGANGP(WassersteinGAN):
+    """WGAN with gradient penalty (Gulrajani et al. 2017); no weight clipping."""
+
+    critic_compilable = False  # the penalty differentiates through a gradient; torch.compile has no double backward
+
+    def __init__(self, *args: Any, gp_weight: float, **kwargs: Any) -> None:
+        if not gp_weight >= 0:
+            raise ValueError(f"model.gp_weight must be >= 0, got {gp_weight}")
+        super().__init__(*args, **kwargs)
+        self.gp_weight = gp_weight
+        if has_batch_norm(self.critic):
+            raise ValueError(
+                "WGAN-GP penalises per-sample critic gradients, which BatchNorm couples across the batch; "
+                "set model.critic.batch_norm=false"
+            )
+
+    def critic_loss(self, real: Tensor, fake: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        loss, extra = super().critic_loss(real, fake)
+        scaler = getattr(getattr(self._trainer, "precision_plugin", None), "scaler", None)  # set under 16-mixed
+        penalty = losses.gradient_penalty(self.critic, real, fake, scaler.get_scale() if scaler else 1.0)
+        extra["gradient_penalty"] = penalty.detach()
+        return loss + self.gp_weight * penalty, extra

@@ -1,0 +1,42 @@
+from pathlib import Path
+
+import hydra
+import pytest
+from hydra.errors import MissingConfigException
+
+from tests.conftest import CONF_DIR, compose_config
+
+GROUPS = ["data", "model", "metrics", "trainer", "accelerator", "logger", "callbacks", "experiment", "paths"]
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (Path(CONF_DIR) / group).glob("*.yaml") if not p.stem.startswith("_"))
+
+
+@pytest.mark.parametrize("group, option", [(g, o) for g in GROUPS for o in options(g)])
+def test_every_config_option_composes(group, option):
+    cfg = compose_config([f"{group}={option}"])
+    assert cfg.trainer._target_ == "lightning.pytorch.Trainer"
+
+
+@pytest.mark.parametrize("model", options("model"))
+def test_every_model_choice_builds(model, synthetic_data_dir):
+    cfg = compose_config([f"model={model}", f"data.root={synthetic_data_dir}"])
+    gan = hydra.utils.instantiate(cfg.model)
+    assert type(gan).__name__.lower().replace("gp", "_gp") == model
+    assert gan.n_critic == (1 if model == "lsgan" else 5)
+
+
+def test_blog_experiment_is_the_blog_setup():
+    for model, n_critic in [("lsgan", 1), ("wgan", 5), ("wgan_gp", 5)]:
+        cfg = compose_config([f"model={model}", "experiment=blog"])
+        assert (cfg.trainer.max_epochs, cfg.data.batch_size, cfg.model.latent_dim) == (50, 64, 100)
+        assert (cfg.data.channels, cfg.data.size, cfg.model.n_critic) == (1, 28, n_critic)
+        for opt in (cfg.model.generator_optimizer, cfg.model.critic_optimizer):
+            assert (opt._target_, opt.lr, opt.betas[0]) == ("torch.optim.Adam", 2e-4, 0.5)
+        assert cfg.model.critic.batch_norm == (model == "lsgan")  # BatchNorm in the LS-GAN nets only
+
+
+def test_unknown_model_lists_the_available_ones():
+    with pytest.raises(MissingConfigException, match="lsgan"):
+        compose_config(["model=dcgan"])
