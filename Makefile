@@ -24,6 +24,12 @@ train: setup
 test: setup
 	$(PY) -m pytest -q $(ARGS)
 
+bench: setup
+	$(PY) -m retina_gans.bench $(ARGS)
+
+compare: setup
+	$(PY) -m retina_gans.compare $(ARGS)
+
 tensorboard: setup
 	$(VENV)/bin/tensorboard --logdir logs
 
