@@ -10,6 +10,7 @@ import os
 import shutil
 import tempfile
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -60,10 +61,15 @@ def ensure_data_file(root: str | os.PathLike, size: int, download: bool, verify_
         f"put MedMNIST's {path.name} there (https://zenodo.org/records/10519652), "
         f"point data.root (or ${ROOT_ENV_VAR}) at the folder that holds it, or set data.download=true"
     )
+    if path.exists() and not path.is_file():
+        raise DataFileError(f"{path} is not a file; {how_to_fix}")
     if not path.exists():
         if not download:
             raise DataFileError(f"RetinaMNIST file not found: {path}; {how_to_fix}")
-        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise DataFileError(f"cannot create the data folder {path.parent} ({error.strerror}); {how_to_fix}") from None
         with tempfile.TemporaryDirectory(dir=path.parent, prefix=".download-") as tmp:
             try:
                 medmnist.RetinaMNIST(split="train", root=tmp, download=True, size=size)
@@ -71,7 +77,9 @@ def ensure_data_file(root: str | os.PathLike, size: int, download: bool, verify_
                 raise DataFileError(
                     f"could not download {path.name} ({type(error).__name__}); {how_to_fix.split(', or set')[0]}"
                 ) from None
-            os.replace(Path(tmp) / path.name, path)
+            if not (Path(tmp) / path.name).is_file():
+                raise DataFileError(f"the download finished without writing {path.name}; {how_to_fix}")
+            os.replace(Path(tmp) / path.name, path)  # same folder: atomic, a reader never sees a partial file
     if verify_md5 and _md5(path) != published_md5(size):
         raise DataFileError(
             f"{path} does not match MedMNIST's published md5 {published_md5(size)} (corrupt or truncated?); "
@@ -93,7 +101,7 @@ def load_split(path: Path, split: str, size: int, channels: int) -> tuple[Tensor
     try:
         dataset = medmnist.RetinaMNIST(split=split, root=str(path.parent), download=False, size=size)
         images, labels = np.asarray(dataset.imgs), np.asarray(dataset.labels)
-    except (zipfile.BadZipFile, ValueError, OSError, KeyError, EOFError) as error:
+    except (zipfile.BadZipFile, zlib.error, ValueError, OSError, KeyError, EOFError) as error:
         raise DataFileError(
             f"{path} is not a readable MedMNIST npz ({type(error).__name__}: {error}); "
             "delete it and download it again"
@@ -103,6 +111,11 @@ def load_split(path: Path, split: str, size: int, channels: int) -> tuple[Tensor
         raise DataFileError(
             f"{path}: {split}_images is {images.dtype}{list(images.shape)} with {len(labels)} labels, "
             f"expected uint8{list(expected)} as MedMNIST publishes it; replace the file with the official one"
+        )
+    if labels.size and (labels.min() < 0 or labels.max() >= len(INFO[FLAG]["label"])):
+        raise DataFileError(
+            f"{path}: {split}_labels hold values outside 0..{len(INFO[FLAG]['label']) - 1} (the retinopathy grades); "
+            "replace the file with the official one"
         )
     images = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()  # (N, 3, H, W) uint8
     if channels == 1:
@@ -115,7 +128,7 @@ class ShuffledBatches:
 
     Because the order is a pure function of the seed and the epoch, and the position within
     the epoch is part of `state_dict`, Lightning can resume it exactly mid-epoch. Under DDP each
-    rank takes a disjoint stride of the same permutation.
+    rank takes a disjoint stride of the same permutation (training) or a contiguous block (evaluation).
     """
 
     def __init__(
@@ -145,20 +158,22 @@ class ShuffledBatches:
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def _rank_indices(self) -> Tensor:
+    def _rank_order(self) -> Tensor:
+        """This rank's image indices for the current epoch, on the CPU."""
         n = len(self.images)
-        if self.shuffle:
-            order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed * 100_003 + self.epoch))
-        else:
-            order = torch.arange(n)
-        return order[self.rank :: self.world_size].to(self.images.device)  # one small copy per epoch
+        if not self.shuffle:  # contiguous blocks: gathered across ranks they keep the single-process order
+            return torch.arange(n).tensor_split(self.world_size)[self.rank]
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed * 100_003 + self.epoch))
+        per_rank = n // self.world_size  # equal batch counts on every rank, or DDP's collectives wait forever
+        return order[: per_rank * self.world_size][self.rank :: self.world_size]
 
     def __len__(self) -> int:
-        per_rank = len(range(self.rank, len(self.images), self.world_size))
+        n = len(self.images)
+        per_rank = n // self.world_size if self.shuffle else len(torch.arange(n).tensor_split(self.world_size)[self.rank])
         return per_rank // self.batch_size if self.drop_last else -(-per_rank // self.batch_size)
 
     def __iter__(self) -> Iterator[Tensor | tuple[Tensor, Tensor]]:
-        indices = self._rank_indices()
+        indices = self._rank_order().to(self.images.device)  # one small copy per epoch, then device-side slicing
         start, self._resume_from_batch = self._resume_from_batch, 0
         for b in range(start, len(self)):
             self._position = b + 1
@@ -167,9 +182,19 @@ class ShuffledBatches:
             yield (batch_indices, batch) if self.with_indices else batch
 
     def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "position": getattr(self, "_position", 0)}
+        # `position` counts batches handed out. Lightning's fetcher prefetches nothing from an iterable with a
+        # length (it knows the last batch from `len`), so at a batch end it is exactly the batches trained on:
+        # tests/test_exact_resume.py checks this against the loop's counter at every batch.
+        return {"epoch": self.epoch, "position": getattr(self, "_position", 0), "batches": len(self),
+                "batch_size": self.batch_size}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
+        if state.get("batch_size", self.batch_size) != self.batch_size or state.get("batches", len(self)) != len(self):
+            raise ValueError(
+                f"the checkpoint's data order was saved with data.batch_size={state['batch_size']} "
+                f"({state['batches']} batches per epoch), this run has data.batch_size={self.batch_size} "
+                f"({len(self)}); resume with the run's own settings"
+            )
         self.epoch = state["epoch"]
         self._resume_from_batch = state["position"] % max(len(self), 1)
 

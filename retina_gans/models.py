@@ -11,9 +11,12 @@ at each epoch end; the x-axis of step-level curves is the batch (= critic step) 
 from pathlib import Path
 from typing import Any, Callable
 
+import hydra
 import lightning as L
 import torch
+from omegaconf import OmegaConf
 from torch import Tensor, nn
+from torchmetrics.utilities.distributed import gather_all_tensors
 from torchvision.utils import make_grid, save_image
 
 from retina_gans import losses
@@ -84,8 +87,11 @@ class GAN(L.LightningModule):
     def sample_noise(self, n: int) -> Tensor:
         return torch.randn(n, self.latent_dim, device=self.device)
 
-    def training_step(self, real: Tensor, batch_idx: int) -> None:
-        """One critic step on this batch; one generator step after every n_critic-th critic step."""
+    def training_step(self, real: Tensor, batch_idx: int) -> dict[str, Tensor]:
+        """One critic step on this batch; one generator step after every n_critic-th critic step.
+
+        Returns the detached losses and the generated batch, for callbacks (the divergence guard) to check.
+        """
         critic_opt, generator_opt = self.optimizers()
         with torch.no_grad():
             fake = self.generator(self.sample_noise(real.shape[0]))  # (N, C, H, W) in [-1, 1]
@@ -98,6 +104,7 @@ class GAN(L.LightningModule):
         self.critic_steps += 1
         self.log("train/critic_loss", critic_loss, on_step=True, on_epoch=True)
         self.log_dict({f"train/{k}": v for k, v in extra.items()}, on_step=True, on_epoch=True)
+        outputs = {"critic_loss": critic_loss.detach(), "fake": fake, **extra}  # fake: (N, C, H, W), no grad
 
         if self.critic_steps % self.n_critic == 0:
             with self.toggled_optimizer(generator_opt):
@@ -107,6 +114,8 @@ class GAN(L.LightningModule):
                 generator_opt.step()
             self.generator_steps += 1
             self.log("train/generator_loss", generator_loss, on_step=True, on_epoch=True)
+            outputs["generator_loss"] = generator_loss.detach()
+        return outputs
 
     def on_train_epoch_end(self) -> None:
         self.log_dict(
@@ -124,6 +133,20 @@ class GAN(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.critic_steps = checkpoint["gan_steps"]["critic"]
         self.generator_steps = checkpoint["gan_steps"]["generator"]
+
+    @staticmethod
+    def from_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> "GAN":
+        """Rebuild the trained GAN from a training checkpoint alone (it carries the run's resolved config)."""
+        checkpoint = torch.load(path, map_location=map_location, weights_only=False)
+        if "run_config" not in checkpoint or "state_dict" not in checkpoint:
+            raise ValueError(f"{path} is not a retina-gans training checkpoint (no run_config/state_dict); "
+                             "pass a checkpoints/*.ckpt file written by retina_gans.train")
+        model_config = OmegaConf.create(checkpoint["run_config"]["model"])
+        model_config.metrics.extractors = ["retina"]  # the nets do not depend on it; avoids a download attempt
+        gan = hydra.utils.instantiate(model_config)
+        gan.load_state_dict(checkpoint["state_dict"])
+        gan.run_config = checkpoint["run_config"]
+        return gan.eval()
 
     # ---- samples --------------------------------------------------------------------------------
     @torch.no_grad()
@@ -177,7 +200,8 @@ class GAN(L.LightningModule):
             self.metrics.reset_all()
             return
         values = self.metrics.compute()
-        generated = self.all_gather(generated).flatten(0, -4)  # (world * n, C, H, W)
+        if self.trainer.world_size > 1:  # ranks may hold different counts; torchmetrics' gather pads and trims
+            generated = torch.cat(gather_all_tensors(generated))  # (n_total, C, H, W)
         ref = self.memorization_reference
         values["memorization"] = memorization_ratio(generated, ref["train"].to(self.device), ref["test"].to(self.device))
         self.log_dict({f"val/{k}": v for k, v in values.items()}, sync_dist=False)

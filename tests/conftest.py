@@ -50,7 +50,6 @@ FAST = [
     "trainer.num_sanity_val_steps=0",
     "accelerator=cpu",
     "~callbacks.best_checkpoint",
-    "~callbacks.progress_bar",
 ]
 
 

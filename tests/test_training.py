@@ -92,9 +92,9 @@ def test_resume_from_last_checkpoint_continues_the_schedule(fast_config, tmp_pat
 @pytest.mark.parametrize(
     "override, message",
     [
-        ("model.n_critic=0", "n_critic must be >= 1"),
-        ("model.clip_value=0", "clip_value must be > 0"),
-        ("model.gp_weight=-1", "gp_weight must be >= 0"),
+        ("model.n_critic=0", "n_critic must be an integer >= 1"),
+        ("model.clip_value=0", "clip_value must be a number > 0"),
+        ("model.gp_weight=-1", "gp_weight must be a number >= 0"),
         ("model.critic.batch_norm=true", "set model.critic.batch_norm=false"),
     ],
 )

@@ -1,0 +1,3 @@
+from retina_gans.bench.cli import main
+
+main()

@@ -1,0 +1,200 @@
+"""`python -m retina_gans.bench`: run every measurement, print a table, write the JSON."""
+
+import argparse
+import json
+import math
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+import torchmetrics
+from medmnist.info import INFO
+
+from retina_gans.bench.training import (
+    AUTOCAST_DTYPES, CONF_DIR, MODELS, TINY, bench_bare, bench_full_run, bench_lightning, compose_config,
+)
+from retina_gans.bench.validation import bench_validation, random_inception_weights
+from retina_gans.metrics.extractors import INCEPTION_WEIGHTS_NAME
+
+N_TRAIN = INFO["retinamnist"]["n_samples"]["train"]  # 1080
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m retina_gans.bench", description=__doc__)
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--batch-size", type=int, help="data.batch_size (default: experiment=blog's, 64)")
+    p.add_argument("--steps", type=int, help="timed batches per model and path (default: 2 epochs' worth)")
+    p.add_argument("--warmup", type=int, help="untimed batches first (default 5; compiled: an epoch + 5; tiny 2)")
+    p.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
+    p.add_argument("--compile", action="store_true", help="model.compile=true (the WGAN-GP critic stays eager)")
+    p.add_argument("--precision", choices=list(AUTOCAST_DTYPES), default="32-true")
+    p.add_argument("--data-root", help="folder of retinamnist.npz (default: the config's, $RETINA_GANS_DATA)")
+    p.add_argument("--json-out", type=Path, help="default: logs/bench/<time>.json")
+    p.add_argument("--tiny", action="store_true", help="width-8 nets, a few steps, 32 validation samples")
+    p.add_argument("--extractors", nargs="+", choices=["retina", "inception"], default=["retina", "inception"])
+    p.add_argument("--inception-weights", help="weights file, or 'random' (a random state dict: same cost); "
+                   "default: torch-fidelity's file in torch hub's cache if there, else Inception is skipped")
+    p.add_argument("--val-samples", type=int, help=f"images per validation pass (default {N_TRAIN}; tiny 8)")
+    p.add_argument("--full-run", action="store_true", help="also time one full experiment=blog run (first model)")
+    p.add_argument("overrides", nargs="*", help="Hydra overrides for both paths, e.g. model.critic.width=32")
+    return p.parse_args(argv)
+
+
+def resolve_inception_weights(requested: str | None, folder: Path) -> str | None:
+    """A weights file for the Inception extractor, or None to skip it (never downloads)."""
+    if requested == "random":
+        return str(random_inception_weights(folder))
+    if requested is not None:
+        return requested
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_WEIGHTS_NAME
+    return str(cached) if cached.is_file() else None
+
+
+def memory(device: torch.device) -> dict[str, float | None]:
+    """Peak host RSS of this process so far, and the device's peak since the previous call."""
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2**20 if sys.platform == "darwin" else 2**10)
+    result: dict[str, float | None] = {"host_peak_rss_mib": rss, "device_peak_mib": None}
+    if device.type == "cuda":
+        result["device_peak_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
+        torch.cuda.reset_peak_memory_stats(device)
+    return result
+
+
+def machine(device: torch.device) -> dict[str, Any]:
+    cpu = platform.processor()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    info = {"cpu": cpu, "cpu_count": os.cpu_count(), "cores_usable": len(os.sched_getaffinity(0)),
+            "torch_threads": torch.get_num_threads(), "platform": platform.platform(),
+            "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None}
+    info["load_average_1min"] = os.getloadavg()[0]  # >= cores_usable: the figures are noisy
+    return info
+
+
+def versions() -> dict[str, str]:
+    return {"python": platform.python_version(), "torch": torch.__version__, "lightning": L.__version__,
+            "torchmetrics": torchmetrics.__version__, "cuda": torch.version.cuda or "none"}
+
+
+def commit() -> dict[str, Any]:
+    def git(*args: str) -> str:  # --no-optional-locks: never write the index (others use this tree)
+        return subprocess.run(["git", "--no-optional-locks", *args], cwd=CONF_DIR.parent, capture_output=True,
+                              text=True, check=True).stdout.strip()
+
+    try:
+        return {"hash": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain"))}
+    except (OSError, subprocess.CalledProcessError):
+        return {"hash": None, "dirty": None}
+
+
+def print_table(report: dict[str, Any]) -> None:
+    s = report["settings"]
+    print(f"\nretina-gans bench: {s['device']}, precision {s['precision']}, compile {s['compile']}, "
+          f"batch {s['batch_size']}, {s['steps']} timed batches after {s['warmup']}")
+    print(f"{'model':<9}{'path':<11}{'images/s':>10}{'gen steps/s':>13}{'s/batch':>10}")
+    for model, r in report["training"].items():
+        for path in ("lightning", "bare"):
+            print(f"{model:<9}{path:<11}{r[path]['images_per_s']:>10.1f}{r[path]['generator_steps_per_s']:>13.2f}"
+                  f"{r[path]['s_per_batch']:>10.4f}")
+        print(f"{model:<9}{'ratio':<11}{r['ratio']['images_per_s']:>10.3f}{r['ratio']['generator_steps_per_s']:>13.3f}")
+    for name, v in report["validation"].items():
+        if "skipped" in v:
+            print(f"validation {name}: skipped ({v['skipped']})")
+        else:
+            print(f"validation {name}: {v['pass_s']:.3f} s per pass of {v['n_samples']} generated "
+                  f"(real features once: {v['real_features_once_s']:.3f} s)")
+    b = report["blog_run"]
+    print(f"experiment=blog {b['model']}: {b['wall_s']:.1f} s ({'measured' if b['measured'] else 'EXTRAPOLATED'})")
+    m = report["memory"]
+    print(f"peak host RSS {m['host_peak_rss_mib']:.0f} MiB"
+          + (f", device peak {m['device_peak_mib']:.0f} MiB" if m["device_peak_mib"] is not None else ""))
+    mc, c = report["machine"], report["commit"]
+    print(f"{mc['cpu']} ({mc['cores_usable']} cores, load {mc['load_average_1min']:.1f}), gpu {mc['gpu']}; "
+          f"torch {report['versions']['torch']}, lightning {report['versions']['lightning']}; "
+          f"commit {str(c['hash'])[:10]}{' (dirty)' if c['dirty'] else ''}")
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(args.device)
+    if args.precision == "16-mixed" and device.type == "cpu":
+        sys.exit("--precision 16-mixed needs CUDA (Lightning silently falls back to bf16-mixed on CPU)")
+    stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+    json_out = args.json_out or Path("logs") / "bench" / f"{stamp}.json"
+    run_dir = json_out.with_suffix("")  # the Lightning runs' logs and checkpoints
+    overrides = [f"accelerator={'gpu' if device.type == 'cuda' else 'cpu'}", f"trainer.precision={args.precision}",
+                 f"model.compile={str(args.compile).lower()}"]
+    overrides += [f"data.batch_size={args.batch_size}"] if args.batch_size else []
+    overrides += [f"data.root={args.data_root}"] if args.data_root else []
+    overrides += (TINY if args.tiny else []) + args.overrides
+    cfg = compose_config([f"model={args.models[0]}", *overrides], run_dir)
+    batch_size = cfg.data.batch_size
+    batches_per_epoch = math.ceil(N_TRAIN / batch_size)
+    steps = args.steps or (3 if args.tiny else 2 * batches_per_epoch)  # whole epochs: epoch-end costs included
+    # compiled: warm up past the epoch's short last batch (one recompile) and a generator step (n_critic <= 5)
+    warmup = args.warmup if args.warmup is not None else 2 if args.tiny else batches_per_epoch + 5 if args.compile else 5
+
+    report: dict[str, Any] = {
+        "machine": machine(device), "versions": versions(), "commit": commit(),
+        "settings": {"device": args.device, "precision": args.precision, "compile": args.compile,
+                     "batch_size": batch_size, "warmup": warmup, "steps": steps, "tiny": args.tiny,
+                     "overrides": overrides, "models": args.models},
+        "training": {}, "validation": {}, "memory_by_phase": {},
+    }
+    memory(device)
+    for model in args.models:
+        # the training window runs validation with the retina extractor only: no download, timed separately anyway
+        run_cfg = compose_config([f"model={model}", "trainer.max_epochs=-1", "metrics.extractors=[retina]",
+                                  *overrides], run_dir / model)
+        lightning = bench_lightning(run_cfg, warmup, steps)
+        report["memory_by_phase"][f"{model}/lightning"] = memory(device)
+        bare = bench_bare(run_cfg, warmup, steps, device)
+        report["memory_by_phase"][f"{model}/bare"] = memory(device)
+        ratio = {k: lightning[k] / bare[k] for k in ("images_per_s", "generator_steps_per_s", "images_per_cpu_s")}
+        report["training"][model] = {"lightning": lightning, "bare": bare, "ratio": ratio}
+
+    n_val = args.val_samples or (8 if args.tiny else N_TRAIN)
+    with tempfile.TemporaryDirectory() as tmp:
+        weights = resolve_inception_weights(args.inception_weights, Path(tmp)) if "inception" in args.extractors else None
+        for name in args.extractors:
+            if name == "inception" and weights is None:
+                report["validation"][name] = {"skipped": "no weights: pass --inception-weights PATH or random"}
+                continue
+            report["validation"][name] = bench_validation(cfg, name, weights, n_val, device)
+            report["validation"][name]["weights"] = "random" if args.inception_weights == "random" and name == "inception" else weights
+            report["memory_by_phase"][f"validation/{name}"] = memory(device)
+
+    first = report["training"][args.models[0]]["lightning"]
+    epochs, every = cfg.trainer.max_epochs, cfg.trainer.check_val_every_n_epoch
+    val = [v for v in report["validation"].values() if "pass_s" in v]
+    if args.full_run:
+        wall = bench_full_run(compose_config([f"model={args.models[0]}", *overrides], run_dir / "blog_run"))
+        how = "measured: retina_gans.train.train(cfg), setup, sanity check and every validation included"
+        report["memory_by_phase"]["blog_run"] = memory(device)
+    else:
+        wall = (epochs * math.ceil(N_TRAIN / batch_size) * first["s_per_batch"]
+                + sum(epochs // every * v["pass_s"] + v["real_features_once_s"] for v in val))
+        how = (f"extrapolated, not measured: {epochs} epochs x {math.ceil(N_TRAIN / batch_size)} batches x "
+               f"Lightning s/batch + {epochs // every} validations x pass_s of {[*report['validation']]} "
+               "(those measured) + real features once; setup and sanity check not included")
+    report["blog_run"] = {"model": args.models[0], "measured": args.full_run, "wall_s": wall, "how": how}
+    report["memory"] = {"host_peak_rss_mib": memory(device)["host_peak_rss_mib"],
+                        "device_peak_mib": max((m["device_peak_mib"] or 0 for m in report["memory_by_phase"].values()),
+                                               default=0) if device.type == "cuda" else None}
+    json_out.parent.mkdir(parents=True, exist_ok=True)
+    json_out.write_text(json.dumps(report, indent=2))
+    print_table(report)
+    print(f"written: {json_out}")
+    return report

@@ -1,0 +1,326 @@
+"""The comparison report of a multirun: `python -m retina_gans.report <multirun dir> [--out DIR]`.
+
+Reads every job folder of the sweep (also while it runs, or after some jobs failed: the report says which),
+and writes `report.md` (figures beside it), `report.html` (figures inline), the figures, and `runs.csv`
+(one row per run: every number of the tables, as read from the logs).
+
+runs.py reads the jobs, stats.py does the seed statistics, figures.py draws, render.py writes Markdown/HTML.
+"""
+
+import math
+import re
+from datetime import datetime
+from importlib import metadata
+from pathlib import Path
+
+import pandas as pd
+
+from retina_gans.compare import git_commit, machine
+from retina_gans.report import figures
+from retina_gans.report.figures import model_name
+from retina_gans.report.render import Doc
+from retina_gans.report.runs import COMPLETE, Run, Sweep, load_sweep
+from retina_gans.report.stats import Summary, pairwise_welch, summarize
+
+# The blog posts' numbers (../shared/seeds): one run each, Inception-based presumably, protocol unknown.
+BLOG = {"lsgan": {"fid": 263.34, "is": 1.00}, "wgan": {"fid": 263.34, "is": 1.00},
+        "wgan_gp": {"fid": 333.25, "is": 1.00}}
+BLOG_HEADER = "blog (Inception-based?, 1 run, protocol not comparable)"
+EXTRACTORS = ("retina", "inception")
+# (short name, label, log key with {ext}, lower is better)
+METRICS = (("fid", "FID", "val/fid_{ext}", True), ("kid", "KID", "val/kid_{ext}_mean", True),
+           ("is", "IS", "val/is_{ext}", False))
+BUDGET_NOTES = {
+    "blog": "`experiment=blog`: the blog's setup, 50 epochs for every model, so the WGANs (n_critic 5) make "
+            "5x fewer generator steps than LS-GAN.",
+    "blog_equal_steps": "`experiment=blog_equal_steps`: the blog's setup with equal generator budgets: "
+                        "LS-GAN 50 epochs, the WGANs 50 x n_critic = 250 epochs (the same generator steps).",
+}
+PACKAGES = ("torch", "torchvision", "lightning", "hydra-core", "omegaconf", "torchmetrics", "torch-fidelity",
+            "numpy", "pandas", "scipy", "matplotlib", "tensorboard")
+
+
+def fmt(value: float | None) -> str:
+    """4 significant digits (trailing zeros kept); whole numbers (step counts) and values >= 1000 without decimals."""
+    if value is None or not math.isfinite(value):
+        return "missing"
+    if float(value).is_integer() or abs(value) >= 1000:
+        return f"{value:.0f}"
+    return f"{value:#.4g}"
+
+
+def fmt_summary(s: Summary | None, total: int) -> tuple[str, str]:
+    """('mean ± sd', '[low, high]') cells; n shown when not every seed contributed."""
+    if s is None:
+        return "missing", "missing"
+    of = "" if s.n == total else f" (n={s.n} of {total})"
+    if s.n == 1:
+        return f"{fmt(s.mean)}{of}", "n/a (1 seed)"
+    return f"{fmt(s.mean)} ± {fmt(s.sd)}{of}", f"[{fmt(s.low)}, {fmt(s.high)}]"
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^\w.-]+", "_", text).strip("_") or "none"
+
+
+def _extractors(runs: list[Run]) -> list[str]:
+    found = {m.group(1) for r in runs for c in r.epochs.columns if (m := re.fullmatch(r"val/fid_(\w+)", c))}
+    return list(EXTRACTORS) + sorted(found - set(EXTRACTORS))
+
+
+def _by_model(runs: list[Run]) -> dict[str, list[Run]]:
+    order = {m: i for i, m in enumerate(figures.MODEL_NAMES)}
+    models = sorted({r.model for r in runs}, key=lambda m: (order.get(m, 99), m))
+    return {m: sorted((r for r in runs if r.model == m), key=lambda r: (len(r.seed), r.seed)) for m in models}
+
+
+def _minutes(run: Run) -> float | None:
+    return run.wall_time_s / 60 if run.wall_time_s is not None else None
+
+
+def run_rows(sweep: Sweep, extractors: list[str]) -> pd.DataFrame:
+    """One row per run with every number the report shows, read from its logs (None where not logged)."""
+    rows = []
+    for run in sweep.runs:
+        row = {"job": run.job, "section": run.section, "model": run.model, "seed": run.seed, "status": run.status,
+               "detail": run.detail, "max_epochs": run.max_epochs,
+               "generator_steps": run.final("train/generator_steps"), "critic_steps": run.final("train/critic_steps"),
+               "wall_time_min": _minutes(run), "memorization_final": run.final("val/memorization")}
+        for ext in extractors:
+            for short, _, key, lower in METRICS:
+                best = run.best(key.format(ext=ext), lower)
+                row[f"{short}_{ext}_final"] = run.final(key.format(ext=ext))
+                row[f"{short}_{ext}_best"] = best[0] if best else None
+                row[f"{short}_{ext}_best_epoch"] = best[1] if best else None
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def build_report(sweep_dir: str | Path, out_dir: str | Path | None = None) -> Path:
+    """Write the report of the multirun in `sweep_dir` to `out_dir` (default `<sweep_dir>/report`); return it."""
+    sweep_dir = Path(sweep_dir)
+    out = Path(out_dir) if out_dir is not None else sweep_dir / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    sweep = load_sweep(sweep_dir)
+    extractors = _extractors(sweep.runs)
+    table = run_rows(sweep, extractors)
+    table.to_csv(out / "runs.csv", index=False)
+
+    doc = Doc()
+    doc.h(1, "LS-GAN vs WGAN vs WGAN-GP on RetinaMNIST: multi-seed comparison")
+    counts = table["status"].value_counts()
+    doc.p(f"Multirun `{sweep_dir}`: {len(sweep.runs)} runs: "
+          + ", ".join(f"{n} {status}" for status, n in counts.items()) + ". "
+          f"Report written {datetime.now().isoformat(timespec='seconds')}.")
+    if (table["status"] != COMPLETE).any():
+        doc.p("**Partial report.** Only complete runs (trained to `trainer.max_epochs`, not diverged) enter the "
+              "means, intervals and tests; the others are listed in *Runs* with their state and latest values.")
+    _how_to_read(doc)
+    _runs_section(doc, sweep, table)
+    for section in dict.fromkeys(r.section for r in sweep.runs):
+        _section(doc, section, [r for r in sweep.runs if r.section == section], extractors, out)
+    _provenance(doc, sweep)
+
+    (out / "report.md").write_text(doc.markdown())
+    (out / "report.html").write_text(doc.html(out, "GAN comparison on RetinaMNIST"))
+    return out
+
+
+def _how_to_read(doc: Doc) -> None:
+    doc.h(2, "How to read this")
+    doc.p("- **Extractors.** `retina`: features of a RetinaMNIST classifier (in-domain); `inception`: Inception-v3 "
+          "(torch-fidelity's weights; *not measured* when a run had no access to them). FID and KID compare "
+          "generated images with the training split; IS is the classifier's Inception Score.\n"
+          "- **final** = the last validation of the run; **best** = the best value of that same metric over all "
+          "validations (lowest FID/KID, highest IS). *best* is chosen on the evaluation itself, so it is optimistic.\n"
+          "- **mean ± sd** over seeds (sample standard deviation), **95% CI** = Student's t-interval of the mean "
+          "(mean ± t(0.975, n-1) · sd / √n); with 3 seeds it is wide by construction (t = 4.30).\n"
+          "- **memorization** = median distance of generated images to their nearest training image / the same for "
+          "unseen test images; well below 1.0 means copying.\n"
+          "- **The blog's numbers** are shown beside ours but are not comparable: one run each, presumably "
+          "Inception-based, with an unknown protocol (sample count, reference set); `IS = 1.00` for every model "
+          "and identical FIDs for two different models suggest an evaluation bug.")
+
+
+def _runs_section(doc: Doc, sweep: Sweep, table: pd.DataFrame) -> None:
+    doc.h(2, "Runs")
+    header = ["job", "group", "model", "seed", "status", "detail", "final FID (retina)", "best FID (retina) @ epoch",
+              "generator steps", "critic steps", "wall time (min)"]
+    rows = []
+    for _, r in table.iterrows():
+        best = (f"{fmt(r['fid_retina_best'])} @ {int(r['fid_retina_best_epoch'])}"
+                if pd.notna(r["fid_retina_best_epoch"]) else "missing")
+        rows.append([r["job"], r["section"], model_name(r["model"]), r["seed"], r["status"], r["detail"],
+                     fmt(r["fid_retina_final"]), best, fmt(r["generator_steps"]), fmt(r["critic_steps"]),
+                     fmt(r["wall_time_min"])])
+    doc.table(header, rows)
+    gaps = [f"`{run.job}`: " + ", ".join(k for k in ("val/fid_retina", "val/kid_retina_mean", "val/is_retina",
+                                                     "val/memorization", "train/generator_steps")
+                                         if run.final(k) is None)
+            for run in sweep.runs if run.path is not None and any(
+                run.final(k) is None for k in ("val/fid_retina", "val/kid_retina_mean", "val/is_retina",
+                                                "val/memorization", "train/generator_steps"))]
+    if gaps:
+        doc.p("**Missing values** (never logged: shown as *missing*, never as 0, and left out of the statistics):\n"
+              + "\n".join(f"- {g}" for g in gaps))
+    doc.p("Wall time: the span of the run's TensorBoard event wall times, from its first event (the config, logged "
+          "before training) to its last logged value; start-up before the logger existed is not counted.")
+
+
+def _section(doc: Doc, section: str, runs: list[Run], extractors: list[str], out: Path) -> None:
+    folder = _slug(section)
+    (out / folder).mkdir(exist_ok=True)
+    by_model = _by_model(runs)
+    doc.h(2, f"Budget: {section}")
+    epochs = ", ".join(f"{model_name(m)} {'/'.join(sorted({str(r.max_epochs) for r in rs}))}"
+                       for m, rs in by_model.items())
+    doc.p(BUDGET_NOTES.get(section, f"Runs of `{section}`.") + f" These runs' `trainer.max_epochs`: {epochs}.")
+    complete = {m: [r for r in rs if r.status == COMPLETE] for m, rs in by_model.items()}
+
+    doc.h(3, "Summary")
+    header = ["model", "complete seeds", "final FID (retina)", "final KID (retina)", "final IS (retina)",
+              "final memorization", "generator steps", "critic steps", "wall time (min)"]
+    rows = []
+    for model, rs in by_model.items():
+        ok = complete[model]
+        cells = [fmt_summary(summarize([r.final(k) for r in ok]), len(ok))[0]
+                 for k in ("val/fid_retina", "val/kid_retina_mean", "val/is_retina", "val/memorization",
+                           "train/generator_steps", "train/critic_steps")]
+        wall = fmt_summary(summarize([_minutes(r) for r in ok]), len(ok))[0]
+        rows.append([model_name(model), f"{len(ok)} of {len(rs)}", *cells, wall])
+    doc.table(header, rows)
+
+    for model, rs in by_model.items():
+        ok = complete[model]
+        doc.h(3, f"{model_name(model)} ({section})")
+        doc.p(f"Seeds {', '.join(r.seed for r in ok) or 'none'} complete"
+              + (f"; not in the statistics: {', '.join(f'seed {r.seed} ({r.status})' for r in rs if r not in ok)}"
+                 if len(ok) < len(rs) else "") + ".")
+        header = ["metric", "final: mean ± sd", "final: 95% CI (t)", "best: mean ± sd", "best: 95% CI (t)",
+                  BLOG_HEADER]
+        rows = []
+        for ext in extractors:
+            for short, label, key, lower in METRICS:
+                key = key.format(ext=ext)
+                final = fmt_summary(summarize([r.final(key) for r in ok]), len(ok))
+                best = fmt_summary(summarize([b[0] if (b := r.best(key, lower)) else None for r in ok]), len(ok))
+                if ext == "inception" and all(r.final(key) is None for r in rs):
+                    final = best = ("not measured", "not measured")
+                blog = BLOG.get(model, {}).get(short) if ext == "inception" else None
+                rows.append([f"{label} ({ext})", *final, *best, f"{blog:.2f}" if blog is not None else ""])
+        for label, key in (("memorization", "val/memorization"), ("generator steps", "train/generator_steps"),
+                           ("critic steps", "train/critic_steps")):
+            rows.append([label, *fmt_summary(summarize([r.final(key) for r in ok]), len(ok)), "", "", ""])
+        rows.append(["wall time (min)", *fmt_summary(summarize([_minutes(r) for r in ok]), len(ok)), "", "", ""])
+        doc.table(header, rows)
+
+    _pairwise(doc, complete, extractors)
+    _figures(doc, section, by_model, extractors, out, folder)
+
+
+def _pairwise(doc: Doc, complete: dict[str, list[Run]], extractors: list[str]) -> None:
+    doc.h(3, "Pairwise comparison")
+    seeds = sorted({len(rs) for rs in complete.values()})
+    doc.p("Which differences between models exceed the seed-to-seed spread: **Welch's t-test** (unequal variances) "
+          "on the final values of complete runs, **Holm-corrected** over the model pairs of each metric; "
+          f"*yes* = Holm-adjusted p < 0.05. With {'-'.join(map(str, seeds[::max(1, len(seeds) - 1)]))} seeds per "
+          "model the test has **low power**: only large, consistent differences reach significance, and *no* means "
+          "*not shown*, not *equal*. Pairs with fewer than 2 seeds on a side are not tested.")
+    rows = []
+    keys = [(f"{label} ({ext})", key.format(ext=ext)) for ext in extractors for _, label, key, _ in METRICS]
+    for label, key in keys + [("memorization", "val/memorization")]:
+        for c in pairwise_welch({m: [r.final(key) for r in rs] for m, rs in complete.items()}):
+            rows.append([label, f"{model_name(c.a)} − {model_name(c.b)}", fmt(c.difference),
+                         f"{c.t:.2f} ({c.df:.1f})" if math.isfinite(c.t) else "n/a", f"{c.p:.3g}",
+                         f"{c.p_holm:.3g}", "yes" if c.p_holm < 0.05 else "no"])
+    if rows:
+        doc.table(["metric (final)", "pair", "difference of means", "Welch t (df)", "p", "p (Holm)",
+                   "exceeds seed spread?"], rows)
+    else:
+        doc.p("*No pair has 2 or more complete seeds on both sides: nothing to test.*")
+
+
+def _figures(doc: Doc, section: str, by_model: dict[str, list[Run]], extractors: list[str], out: Path,
+             folder: str) -> None:
+    doc.h(3, "Figures")
+    band = "line: mean over seeds; band: min to max over seeds (all runs with a value at that epoch)"
+    losses = [
+        ("c-loss.png", {m: rs for m, rs in by_model.items() if m in ("wgan", "wgan_gp")}, "train/critic_loss_epoch",
+         "Critic loss (WGAN, WGAN-GP)", "critic loss"),
+        ("d-loss.png", {m: rs for m, rs in by_model.items() if m == "lsgan"}, "train/critic_loss_epoch",
+         "Discriminator (= critic) loss (LS-GAN)", "critic loss"),
+        ("g-loss.png", by_model, "train/generator_loss_epoch", "Generator loss", "generator loss"),
+    ]
+    for name, models, key, title, ylabel in losses:
+        if figures.curves(models, key, f"{title}, {section}", ylabel, out / folder / name):
+            doc.figure(f"{folder}/{name}", f"{title} per epoch (`{key}`); {band}.")
+    for ext in extractors:
+        for short, label, key, _ in METRICS:
+            name = f"{short}-{ext}.png"
+            if figures.curves(by_model, key.format(ext=ext), f"{label} ({ext}), {section}", label,
+                              out / folder / name):
+                doc.figure(f"{folder}/{name}", f"{label} ({ext}) at each validation (`{key.format(ext=ext)}`); {band}.")
+
+    real = None
+    for model, runs in by_model.items():
+        panels, notes = [], []
+        for run in runs:
+            if run.best_checkpoint is None:
+                notes.append(f"seed {run.seed}: no best checkpoint")
+                continue
+            try:
+                epoch = re.search(r"(\d+)", run.best_checkpoint.stem)
+                panels.append((f"seed {run.seed}, best (epoch {int(epoch.group(1)) if epoch else '?'})",
+                               figures.checkpoint_samples(run.best_checkpoint)))
+                if real is None:
+                    import torch
+
+                    real = figures.real_samples(torch.load(run.best_checkpoint, map_location="cpu",
+                                                           weights_only=False)["run_config"])
+            except Exception as error:  # noqa: BLE001 - one unreadable checkpoint must not lose the report
+                notes.append(f"seed {run.seed}: {type(error).__name__}: {error}")
+        if panels:
+            name = f"samples-{model}.png"
+            figures.sample_grid(panels + ([("real (train split)", real)] if real is not None else []),
+                                f"{model_name(model)} ({section})", out / folder / name)
+            doc.figure(f"{folder}/{name}", f"{model_name(model)}: 16 samples from each seed's best checkpoint "
+                       "(lowest val/fid_retina), the same fixed noise for every model and seed; right: real images.")
+        if notes:
+            doc.p(f"{model_name(model)} samples: " + "; ".join(notes) + ".")
+    for model, runs in by_model.items():
+        name = f"memorization-{model}.png"
+        if figures.per_seed(runs, "val/memorization", f"Memorization, {model_name(model)} ({section})",
+                            "memorization ratio", out / folder / name, reference=1.0):
+            doc.figure(f"{folder}/{name}", f"{model_name(model)}: `val/memorization` per seed; dashed: 1.0 "
+                       "(samples as far from the training set as unseen real images); below it: closer (copying).")
+
+
+def _provenance(doc: Doc, sweep: Sweep) -> None:
+    doc.h(2, "How this report was made")
+    lines = [f"- Report: `python -m retina_gans.report {sweep.path}`, {datetime.now().isoformat(timespec='seconds')}",
+             f"- Project commit now: `{git_commit()}`"]
+    if sweep.launch:
+        launch_machine = sweep.launch.get("machine", {})
+        lines.append(f"- Launched by `retina_gans.compare` at {sweep.launch.get('started')}:")
+        lines += [f"  - `python {' '.join(command[1:])}`" for command in sweep.launch.get("commands", [])]
+        lines += [
+                  f"- Project commit at launch: `{sweep.launch.get('git_commit')}`",
+                  "- Training machine: " + ", ".join(f"{k} {v}" for k, v in launch_machine.items())]
+    lines.append("- Report machine: " + ", ".join(f"{k} {v}" for k, v in machine().items()))
+    versions = []
+    for package in PACKAGES:
+        try:
+            versions.append(f"{package} {metadata.version(package)}")
+        except metadata.PackageNotFoundError:
+            pass
+    lines.append("- Library versions (report machine): " + ", ".join(versions))
+    lines.append("- Numbers: each run's `metrics.csv` (Lightning's CSVLogger) read with pandas; per-run values "
+                 "in `runs.csv` beside this report.")
+    doc.p("\n".join(lines))
+    doc.h(3, "Configuration of each run")
+    doc.p("Each run's command-line overrides, and (folded) its composed Hydra config `.hydra/config.yaml`.")
+    doc.table(["job", "overrides"], [[r.job, " ".join(f"`{o}`" for o in r.overrides) or "none"]
+                                     for r in sweep.runs if r.path is not None])
+    for run in sweep.runs:
+        if run.config_text:
+            doc.details(f"{run.job}: .hydra/config.yaml", run.config_text)

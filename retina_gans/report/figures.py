@@ -1,0 +1,129 @@
+"""The report's figures: loss and metric curves with a band over seeds, sample grids, memorization."""
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+
+import hydra  # noqa: E402
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
+from torch import Tensor  # noqa: E402
+from torchvision.utils import make_grid  # noqa: E402
+
+from retina_gans.report.runs import Run  # noqa: E402
+
+MODEL_NAMES = {"lsgan": "LS-GAN", "wgan": "WGAN", "wgan_gp": "WGAN-GP"}
+COLORS = {"lsgan": "tab:blue", "wgan": "tab:orange", "wgan_gp": "tab:green"}
+N_SAMPLES = 16  # per grid: 4 x 4
+
+
+def model_name(model: str) -> str:
+    return MODEL_NAMES.get(model, model)
+
+
+def _band(runs: list[Run], key: str) -> pd.DataFrame:
+    """epoch -> mean, min, max of `key` over the runs that logged it at that epoch."""
+    columns = {run.seed: run.series(key) for run in runs if len(run.series(key))}
+    if not columns:
+        return pd.DataFrame()
+    frame = pd.DataFrame(columns)
+    return pd.DataFrame({"mean": frame.mean(axis=1), "min": frame.min(axis=1), "max": frame.max(axis=1),
+                         "n": frame.count(axis=1)})
+
+
+def curves(by_model: dict[str, list[Run]], key: str, title: str, ylabel: str, path: Path,
+           reference: float | None = None) -> bool:
+    """One line per model (mean over seeds) and a min-max band over seeds, against epoch. False if no data."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    drawn = False
+    for model, runs in by_model.items():
+        band = _band(runs, key)
+        if band.empty:
+            continue
+        n = band["n"].max()
+        ax.plot(band.index, band["mean"], color=COLORS.get(model), marker="." if len(band) < 60 else None,
+                label=f"{model_name(model)} (mean of {n} seeds)")
+        ax.fill_between(band.index, band["min"], band["max"], color=COLORS.get(model), alpha=0.2, linewidth=0)
+        drawn = True
+    if reference is not None:
+        ax.axhline(reference, color="black", linestyle="--", linewidth=1)
+    _finish(fig, ax, title, ylabel, path, drawn)
+    return drawn
+
+
+def per_seed(runs: list[Run], key: str, title: str, ylabel: str, path: Path, reference: float | None) -> bool:
+    """One line per seed of one model (the memorization figure), with a reference line."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    drawn = False
+    for run in runs:
+        values = run.series(key)
+        if len(values):
+            ax.plot(values.index, values.values, marker=".", label=f"seed {run.seed}")
+            drawn = True
+    if reference is not None:
+        ax.axhline(reference, color="black", linestyle="--", linewidth=1, label=f"{reference:g}")
+    _finish(fig, ax, title, ylabel, path, drawn)
+    return drawn
+
+
+def _finish(fig: plt.Figure, ax: plt.Axes, title: str, ylabel: str, path: Path, drawn: bool) -> None:
+    if drawn:
+        ax.set(title=title, xlabel="epoch", ylabel=ylabel)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# ---- samples ---------------------------------------------------------------------------------------
+def _fixed_noise(run_config: dict, n: int) -> Tensor:
+    """The same noise for every model: the runs' own fixed-noise seed (metrics.noise_seed)."""
+    generator = torch.Generator().manual_seed(run_config["metrics"]["noise_seed"])
+    return torch.randn(n, run_config["model"]["latent_dim"], generator=generator)
+
+
+def checkpoint_samples(checkpoint: Path, n: int = N_SAMPLES) -> Tensor:
+    """uint8 (n, C, H, W) from a checkpoint: the model rebuilt from its `run_config`, its generator's weights loaded."""
+    saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    config = OmegaConf.create(saved["run_config"])
+    config.model.compile = False  # sampling 16 images does not need a compiled net
+    model = hydra.utils.instantiate(config.model)
+    generator_state = {k.removeprefix("generator."): v for k, v in saved["state_dict"].items()
+                       if k.startswith("generator.")}
+    model.generator.load_state_dict(generator_state)  # only the generator: metric modules are built at fit time
+    return model.generate(_fixed_noise(saved["run_config"], n))
+
+
+def real_samples(run_config: dict, n: int = N_SAMPLES) -> Tensor:
+    """uint8 (n, C, H, W): the first n training images as the runs saw them (same size and channels)."""
+    config = OmegaConf.create(run_config)
+    config.data.download = False
+    datamodule = hydra.utils.instantiate(config.data)
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    return datamodule.images["train"][:n]
+
+
+def _show(ax: plt.Axes, images: Tensor, title: str) -> None:
+    grid = make_grid(images, nrow=4, padding=1, pad_value=255)  # (3, H', W') uint8
+    ax.imshow(grid.permute(1, 2, 0).numpy())
+    ax.set_title(title, fontsize=9)
+    ax.axis("off")
+
+
+def sample_grid(panels: list[tuple[str, Tensor]], title: str, path: Path) -> None:
+    """Grids side by side (one per seed, then the real images)."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(2.3 * len(panels), 2.6), squeeze=False)
+    for ax, (label, images) in zip(axes[0], panels):
+        _show(ax, images, label)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,66 @@
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from retina_gans.bench import main
+from retina_gans.bench.training import MODELS
+
+
+def positive(value: float) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+
+
+@pytest.fixture(scope="module")
+def tiny_report(tmp_path_factory: pytest.TempPathFactory, synthetic_data_dir: Path) -> tuple[dict, Path]:
+    # Every measurement in tiny mode on CPU: width-8 nets, 2 + 3 batches, 8 validation samples, random Inception.
+    json_out = tmp_path_factory.mktemp("bench") / "bench.json"
+    report = main([
+        "--tiny", "--device", "cpu", "--data-root", str(synthetic_data_dir), "--json-out", str(json_out),
+        "--inception-weights", "random", "data.verify_md5=false",
+    ])
+    return report, json_out
+
+
+@pytest.mark.slow
+def test_bench_tiny_writes_the_report_it_returns(tiny_report):
+    report, json_out = tiny_report
+    assert json.loads(json_out.read_text()) == json.loads(json.dumps(report))
+    assert (json_out.with_suffix("") / "lsgan" / "checkpoints" / "last.ckpt").exists()  # the real training path ran
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", MODELS)
+def test_bench_tiny_times_both_paths_and_their_ratio(tiny_report, model):
+    training = tiny_report[0]["training"][model]
+    for path in ("lightning", "bare"):
+        r = training[path]
+        assert r["batches"] == 3 and r["images"] == 3 * 64
+        assert all(positive(r[k]) for k in ("images_per_s", "generator_steps_per_s", "images_per_cpu_s", "window_s"))
+    for key in ("images_per_s", "generator_steps_per_s", "images_per_cpu_s"):
+        assert training["ratio"][key] == pytest.approx(training["lightning"][key] / training["bare"][key])
+
+
+@pytest.mark.slow
+def test_bench_tiny_reports_validation_run_machine_and_memory(tiny_report):
+    report = tiny_report[0]
+    for name in ("retina", "inception"):
+        v = report["validation"][name]
+        assert v["n_samples"] == 8
+        assert all(positive(v[k]) for k in ("real_features_once_s", "first_pass_s", "pass_s"))
+        assert all(positive(s) for s in v["pass_breakdown_s"].values())
+        assert {f"fid_{name}", f"kid_{name}_mean", f"is_{name}", "memorization"} <= set(v["metrics_computed"])
+    assert report["blog_run"]["measured"] is False and positive(report["blog_run"]["wall_s"])
+    assert "extrapolated" in report["blog_run"]["how"]
+    assert positive(report["memory"]["host_peak_rss_mib"]) and report["memory"]["device_peak_mib"] is None
+    assert all(positive(m["host_peak_rss_mib"]) for m in report["memory_by_phase"].values())
+    assert report["machine"]["cpu"] and positive(report["machine"]["cpu_count"]) and report["machine"]["gpu"] is None
+    assert set(report["versions"]) >= {"python", "torch", "lightning", "torchmetrics"}
+    assert set(report["commit"]) == {"hash", "dirty"}
+    assert report["settings"]["precision"] == "32-true" and report["settings"]["steps"] == 3
+
+
+def test_bench_refuses_float16_on_cpu():
+    with pytest.raises(SystemExit, match="16-mixed needs CUDA"):
+        main(["--device", "cpu", "--precision", "16-mixed"])

@@ -1,0 +1,257 @@
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+import torch_fidelity
+from torch import nn
+from torchmetrics.image.kid import KernelInceptionDistance
+
+from tests.metrics_fixtures import UInt8Images, random_inception_weights, synthetic_fundus  # noqa: F401 (fixture)
+from retina_gans.metrics import GenerationMetrics, InceptionWeightsError, memorization_ratio, resolve_extractors
+from retina_gans.metrics import extractors as extractors_module
+from retina_gans.metrics.generation_metrics import KID_MAX_SUBSET_SIZE
+
+N_INCEPTION = 6  # Inception at 299x299 costs ~0.3 s per image on a 2-core CPU: keep these sets tiny
+
+
+@pytest.fixture
+def offline_hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty torch hub cache and a download that fails, as on a machine without internet."""
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    monkeypatch.setattr(extractors_module, "_download_inception_weights", lambda target: False)
+    return tmp_path
+
+
+def retina_metrics(n_samples: int, channels: int = 3) -> GenerationMetrics:
+    return GenerationMetrics(["retina"], None, channels, n_samples)
+
+
+def evaluate(metrics: GenerationMetrics, real: torch.Tensor, fake: torch.Tensor) -> dict[str, float]:
+    metrics.update(real, real=True)
+    metrics.update(fake, real=False)
+    return {k: v.item() for k, v in metrics.compute().items()}
+
+
+# ---- FID / KID / IS on the retina extractor -------------------------------------------------------
+def test_generation_metrics_fid_of_a_set_against_itself_is_zero():
+    images = synthetic_fundus(300, 3, seed=0)
+    assert evaluate(retina_metrics(300), images, images)["fid_retina"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_generation_metrics_fid_grows_with_noise():
+    real = synthetic_fundus(300, 1, seed=0)
+    g = torch.Generator().manual_seed(1)
+    fids = []
+    for std in (0.0, 8.0, 16.0, 32.0, 64.0):
+        noisy = (real.float() + std * torch.randn(real.shape, generator=g)).round().clamp(0, 255).to(torch.uint8)
+        fids.append(evaluate(retina_metrics(300, channels=1), real, noisy)["fid_retina"])
+    assert all(a < b for a, b in zip(fids, fids[1:])), fids
+
+
+def test_generation_metrics_kid_of_two_halves_is_zero_within_its_std():
+    images = synthetic_fundus(600, 3, seed=0)
+    values = evaluate(retina_metrics(300), images[:300], images[300:])
+    assert values["kid_retina_std"] > 0  # subsets differ (subset_size = n_samples // 2)
+    assert abs(values["kid_retina_mean"]) <= 3 * values["kid_retina_std"]
+
+
+def test_generation_metrics_kid_subset_size_and_is_splits_follow_n_samples():
+    metrics = retina_metrics(1080)
+    assert metrics.kid["retina"].subset_size == min(KID_MAX_SUBSET_SIZE, 540)
+    assert metrics.inception_score["retina"].splits == 10
+    metrics = retina_metrics(6)
+    assert metrics.kid["retina"].subset_size == 3 and metrics.inception_score["retina"].splits == 3
+
+
+def test_generation_metrics_is_lies_between_one_and_the_number_of_classes():
+    values = evaluate(retina_metrics(300), synthetic_fundus(300, 3, seed=0), synthetic_fundus(300, 3, seed=1))
+    assert 1.0 - 1e-6 <= values["is_retina"] <= 5.0 + 1e-6
+
+
+def test_generation_metrics_is_of_a_constant_input_is_one():
+    constant = torch.full((100, 3, 28, 28), 120, dtype=torch.uint8)
+    values = evaluate(retina_metrics(100), synthetic_fundus(100, 3, seed=0), constant)
+    assert values["is_retina"] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_generation_metrics_returns_every_key_per_extractor():
+    values = evaluate(retina_metrics(64), synthetic_fundus(64, 3, seed=0), synthetic_fundus(64, 3, seed=1))
+    assert set(values) == {"fid_retina", "kid_retina_mean", "kid_retina_std", "is_retina", "is_retina_std"}
+
+
+def test_generation_metrics_accepts_64x64_images():
+    values = evaluate(retina_metrics(64, 1), synthetic_fundus(64, 1, 0, size=64), synthetic_fundus(64, 1, 1, size=64))
+    assert all(torch.isfinite(torch.tensor(v)) for v in values.values())
+
+
+def test_generation_metrics_rejects_float_or_wrong_channel_images():
+    metrics = retina_metrics(8, channels=1)
+    with pytest.raises(ValueError, match="uint8"):
+        metrics.update(torch.rand(8, 1, 28, 28), real=True)
+    with pytest.raises(ValueError, match="uint8"):
+        metrics.update(synthetic_fundus(8, 3, seed=0), real=True)
+
+
+def test_generation_metrics_extracts_real_features_once_and_each_batch_once():
+    metrics = retina_metrics(64)
+    calls = []
+    metrics.extractors["retina"].register_forward_hook(lambda module, inputs, output: calls.append(inputs[0]))
+    real, fake = synthetic_fundus(64, 3, seed=0), synthetic_fundus(64, 3, seed=1)
+    first = None
+    for _ in range(2):  # two validations, as the LightningModule runs them
+        if not metrics.has_real:
+            metrics.update(real, real=True)
+        metrics.update(fake, real=False)
+        values = metrics.compute()
+        first = first or values
+        metrics.reset_fake()
+    assert sum(c is real for c in calls) == 1
+    assert len(calls) == 3  # one extractor pass per batch, shared by FID, KID and IS
+    assert values == first  # same images, fixed KID/IS draws: same values
+
+
+def test_generation_metrics_refuses_real_images_once_final_and_reset_all_forgets_them():
+    metrics = retina_metrics(32)
+    evaluate(metrics, synthetic_fundus(32, 3, seed=0), synthetic_fundus(32, 3, seed=1))
+    with pytest.raises(RuntimeError, match="final"):
+        metrics.update(synthetic_fundus(32, 3, seed=0), real=True)
+    metrics.reset_all()
+    assert not metrics.has_real
+    assert metrics.fid["retina"].real_features_num_samples == 0
+    with pytest.raises(RuntimeError, match="before any real images"):
+        metrics.compute()
+
+
+def test_generation_metrics_compute_leaves_the_global_rng_untouched():
+    metrics = retina_metrics(64)
+    metrics.update(synthetic_fundus(64, 3, seed=0), real=True)
+    metrics.update(synthetic_fundus(64, 3, seed=1), real=False)
+    torch.manual_seed(123)
+    metrics.compute()
+    after = torch.rand(1)
+    torch.manual_seed(123)
+    assert torch.equal(after, torch.rand(1))
+
+
+# ---- checkpoints and device moves ---------------------------------------------------------------------
+class _Parent(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.generator = nn.Linear(2, 2)
+        self.metrics = retina_metrics(16)
+
+
+def test_generation_metrics_state_dict_excludes_extractor_weights():
+    parent = _Parent()
+    evaluate(parent.metrics, synthetic_fundus(16, 3, seed=0), synthetic_fundus(16, 3, seed=1))
+    state = parent.state_dict()
+    assert set(state) == {"generator.weight", "generator.bias"}
+    restored = _Parent()
+    restored.load_state_dict(state, strict=True)
+    assert torch.equal(restored.generator.weight, parent.generator.weight)
+    extractor_params = {id(p) for p in parent.metrics.extractors["retina"].parameters()}
+    assert not extractor_params & {id(p) for p in parent.parameters()}
+
+
+def test_generation_metrics_dtype_casts_and_train_mode_do_not_reach_the_extractor():
+    parent = _Parent().double().train()
+    extractor = parent.metrics.extractors["retina"]
+    assert next(extractor.parameters()).dtype == torch.float32
+    assert not extractor.training
+    evaluate(parent.metrics, synthetic_fundus(16, 3, seed=0), synthetic_fundus(16, 3, seed=1))
+
+
+# ---- Inception: offline on random weights, parity with torch-fidelity --------------------------------
+@pytest.fixture(scope="module")
+def inception_run(random_inception_weights: Path) -> dict:
+    """Grayscale real/fake sets through GenerationMetrics with both extractors, on random Inception weights."""
+    real, fake = synthetic_fundus(N_INCEPTION, 1, seed=0), synthetic_fundus(N_INCEPTION, 1, seed=1)
+    metrics = GenerationMetrics(["retina", "inception"], str(random_inception_weights), 1, N_INCEPTION)
+    return {"real": real, "fake": fake, "values": evaluate(metrics, real, fake)}
+
+
+def test_generation_metrics_inception_runs_offline_on_a_weights_file(inception_run: dict):
+    values = inception_run["values"]
+    for name in ("retina", "inception"):
+        assert {f"fid_{name}", f"kid_{name}_mean", f"kid_{name}_std", f"is_{name}", f"is_{name}_std"} <= set(values)
+    assert values["fid_inception"] > 0
+    assert 1.0 - 1e-6 <= values["is_inception"] <= 1008  # float32 rounding around exactly 1
+
+
+def test_generation_metrics_inception_fid_matches_torch_fidelity(inception_run: dict, random_inception_weights: Path):
+    reference = torch_fidelity.calculate_metrics(
+        input1=UInt8Images(inception_run["fake"].expand(-1, 3, -1, -1)),
+        input2=UInt8Images(inception_run["real"].expand(-1, 3, -1, -1)),
+        fid=True, feature_extractor_weights_path=str(random_inception_weights),
+        cuda=False, cache=False, verbose=False, batch_size=N_INCEPTION, save_cpu_ram=True,
+    )["frechet_inception_distance"]
+    # Same network, same TF1-style resize; only float32 batching and the covariance formula differ: 1e-4 relative.
+    assert inception_run["values"]["fid_inception"] == pytest.approx(reference, rel=1e-4)
+
+
+# ---- resolving extractor names -----------------------------------------------------------------------
+def test_resolve_extractors_auto_without_weights_warns_once_and_keeps_retina(offline_hub: Path):
+    with pytest.warns(UserWarning, match=r"metrics\.inception_weights=") as record:
+        assert resolve_extractors("auto", None) == ["retina"]
+    assert len(record) == 1
+
+
+def test_resolve_extractors_auto_with_weights_adds_inception(random_inception_weights: Path, offline_hub: Path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert resolve_extractors("auto", str(random_inception_weights)) == ["retina", "inception"]
+
+
+def test_resolve_extractors_auto_uses_torch_hub_cache(offline_hub: Path):
+    (offline_hub / "checkpoints").mkdir()
+    (offline_hub / "checkpoints" / extractors_module.INCEPTION_WEIGHTS_NAME).touch()
+    assert resolve_extractors("auto", None) == ["retina", "inception"]
+
+
+def test_resolve_extractors_explicit_inception_without_weights_is_an_error(offline_hub: Path):
+    with pytest.raises(InceptionWeightsError, match=r"metrics\.inception_weights=") as error:
+        resolve_extractors(["retina", "inception"], None)
+    assert isinstance(error.value, ValueError) and "\n" not in str(error.value)
+
+
+def test_resolve_extractors_missing_weights_file_is_an_error(tmp_path: Path):
+    with pytest.raises(InceptionWeightsError, match="is not a file"):
+        resolve_extractors("auto", str(tmp_path / "typo.pth"))
+
+
+def test_resolve_extractors_unknown_name_lists_the_allowed_ones():
+    with pytest.raises(ValueError, match=r"choose from \['retina', 'inception'\]") as error:
+        resolve_extractors(["retina", "vgg"], None)
+    assert "\n" not in str(error.value)
+
+
+# ---- memorization ------------------------------------------------------------------------------------
+def test_memorization_ratio_of_training_copies_is_zero():
+    train, test = synthetic_fundus(200, 3, seed=0), synthetic_fundus(100, 3, seed=1)
+    assert memorization_ratio(train[:50].clone(), train, test).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_memorization_ratio_of_the_test_split_is_one():
+    train, test = synthetic_fundus(200, 3, seed=0), synthetic_fundus(100, 3, seed=1)
+    assert memorization_ratio(test, train, test, chunk_size=7).item() == 1.0
+
+
+def test_memorization_ratio_rejects_mismatched_shapes():
+    with pytest.raises(ValueError, match="generated"):
+        memorization_ratio(synthetic_fundus(4, 1, 0), synthetic_fundus(4, 3, 0), synthetic_fundus(4, 3, 1))
+
+
+def test_kernel_inception_distance_matches_torchmetrics():
+    metrics = retina_metrics(200)
+    evaluate(metrics, synthetic_fundus(200, 3, seed=0), synthetic_fundus(200, 3, seed=1))
+    ours = metrics.kid["retina"]
+    reference = KernelInceptionDistance(nn.Identity(), subset_size=ours.subset_size)
+    reference.update(torch.cat(ours.real_features), real=True)
+    reference.update(torch.cat(ours.fake_features), real=False)
+    torch.manual_seed(0)
+    mean, std = ours.compute()
+    torch.manual_seed(0)
+    expected_mean, expected_std = reference.compute()
+    assert mean.item() == pytest.approx(expected_mean.item(), rel=1e-5)
+    assert std.item() == pytest.approx(expected_std.item(), rel=1e-4)

@@ -1,0 +1,254 @@
+"""The comparison report, on a tiny multirun the real framework trains once per session (2 models, 2 seeds, 2 epochs)."""
+
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from omegaconf import OmegaConf
+from scipy import stats as scipy_stats
+
+from retina_gans.compare import budget_overrides, multirun_command
+from retina_gans.compare import main as compare_main
+from retina_gans.report import build_report
+from retina_gans.report.__main__ import main as report_main
+from retina_gans.report.stats import holm, pairwise_welch, summarize
+from tests.conftest import compose_config
+
+PROJECT = Path(__file__).resolve().parents[1]
+MODELS, SEEDS = ["lsgan", "wgan"], ["0", "1"]
+NAMES = {"lsgan": "LS-GAN", "wgan": "WGAN"}
+TINY = ["model.generator.width=8", "model.critic.width=8", "data.batch_size=256", "data.verify_md5=false",
+        "trainer.check_val_every_n_epoch=1", "accelerator=cpu", "trainer.max_epochs=2",
+        "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
+        "data.reference_split=val"]  # 120 reference images: KID over 100 subsets of 1080 would dominate the time
+FIGURES = ["c-loss.png", "d-loss.png", "g-loss.png", "fid-retina.png", "kid-retina.png", "is-retina.png",
+           "samples-lsgan.png", "samples-wgan.png", "memorization-lsgan.png", "memorization-wgan.png"]
+
+
+@pytest.fixture(scope="session")
+def sweep(synthetic_data_dir, tmp_path_factory) -> Path:
+    """`python -m retina_gans.compare` for real: one multirun (blog budget) of 4 tiny jobs, then its report."""
+    root = tmp_path_factory.mktemp("compare") / "sweep"
+    command = [sys.executable, "-m", "retina_gans.compare", "--seeds", "2", "--models", ",".join(MODELS),
+               "--budgets", "blog", "--sweep-dir", str(root), f"data.root={synthetic_data_dir}", *TINY]
+    result = subprocess.run(command, cwd=root.parent, env={**os.environ, "PYTHONPATH": str(PROJECT)},
+                            capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    assert result.stdout.count("[compare] job") == 8  # a line when each job starts and one when it ends
+    return root
+
+
+def md_tables(text: str) -> dict[str, list[dict[str, str]]]:
+    """Every Markdown table of the report, under the heading it follows: heading -> rows as {column: cell}."""
+    tables, heading, lines = {}, None, text.splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith("#"):
+            heading = line.lstrip("# ").strip()
+        if line.startswith("| ") and i + 1 < len(lines) and lines[i + 1].startswith("| ---") \
+                and (i == 0 or not lines[i - 1].startswith("|")):
+            header = [c.strip() for c in line.strip("|").split(" | ")]
+            rows = []
+            for row in lines[i + 2:]:
+                if not row.startswith("|"):
+                    break
+                rows.append(dict(zip(header, [c.strip() for c in re.split(r"(?<!\\)\|", row.strip().strip("|"))])))
+            tables[heading] = rows
+    return tables
+
+
+def number(cell: str) -> float:
+    return float(cell.split()[0])
+
+
+def logged(run_dir: Path, key: str) -> pd.Series:
+    """A key's values per epoch, straight from the run's metrics.csv."""
+    frame = pd.read_csv(run_dir / "metrics.csv")
+    return frame.dropna(subset=[key]).groupby("epoch")[key].last()
+
+
+def job_dir(root: Path, model: str, seed: str) -> Path:
+    (path,) = root.glob(f"blog/*_experiment=blog,model={model},seed={seed}")
+    return path
+
+
+@pytest.mark.slow  # the session's tiny multirun: about a minute, once
+def test_report_has_every_run_row_model_table_and_figure(sweep):
+    report = sweep / "report"
+    text = (report / "report.md").read_text()
+    tables = md_tables(text)
+    runs = {row["job"]: row for row in tables["Runs"]}
+    assert len(runs) == 4 and all(row["status"] == "complete" for row in runs.values())
+    assert [row["model"] for row in tables["Summary"]] == ["LS-GAN", "WGAN"]
+    for model in MODELS:
+        rows = {row["metric"]: row for row in tables[f"{NAMES[model]} (blog)"]}
+        assert {"FID (retina)", "KID (retina)", "IS (retina)", "FID (inception)", "memorization",
+                "generator steps", "critic steps", "wall time (min)"} <= set(rows)
+        assert rows["FID (inception)"]["final: mean ± sd"] == "not measured"  # no Inception weights offline
+    assert len(tables["Pairwise comparison"]) == 4  # FID, KID, IS (retina) and memorization, one pair each
+    for figure in FIGURES:
+        assert (report / "blog" / figure).stat().st_size > 0
+        assert f"(blog/{figure})" in text
+    html = (report / "report.html").read_text()
+    assert html.count("src='data:image/png;base64,") == len(FIGURES)  # self-contained
+    assert "Welch" in text and "Holm" in text and "t-interval" in text and "low power" in text
+    assert "263.34" in text and "333.25" not in text  # the blog's WGAN-GP is not among these models
+    assert re.search(r"Project commit now: `[0-9a-f]{40}", text)
+
+
+@pytest.mark.slow  # the session's tiny multirun: about a minute, once
+def test_report_numbers_equal_the_logged_ones(sweep):
+    tables = md_tables((sweep / "report" / "report.md").read_text())
+    runs = {row["job"]: row for row in tables["Runs"]}
+    for model in MODELS:
+        finals, generator_steps = [], []
+        for seed in SEEDS:
+            run = job_dir(sweep, model, seed)
+            row = runs[f"blog/{run.name}"]
+            fid = logged(run, "val/fid_retina")
+            assert number(row["final FID (retina)"]) == pytest.approx(fid.iloc[-1], rel=1e-3)
+            assert row["best FID (retina) @ epoch"].endswith(f" @ {fid.idxmin()}")
+            assert number(row["best FID (retina) @ epoch"]) == pytest.approx(fid.min(), rel=1e-3)
+            steps = logged(run, "train/generator_steps").iloc[-1]
+            assert number(row["generator steps"]) == steps == {"lsgan": 10, "wgan": 2}[model]  # 5 batches x 2 epochs
+            finals.append(fid.iloc[-1])
+            generator_steps.append(steps)
+        rows = {row["metric"]: row for row in tables[f"{NAMES[model]} (blog)"]}
+        mean, sd = rows["FID (retina)"]["final: mean ± sd"].split(" ± ")
+        assert float(mean) == pytest.approx(np.mean(finals), rel=1e-3)
+        assert float(sd) == pytest.approx(np.std(finals, ddof=1), rel=1e-3)
+        low, high = (float(x) for x in rows["FID (retina)"]["final: 95% CI (t)"].strip("[]").split(", "))
+        half = scipy_stats.t.ppf(0.975, 1) * np.std(finals, ddof=1) / math.sqrt(2)
+        assert (low, high) == pytest.approx((np.mean(finals) - half, np.mean(finals) + half), rel=1e-3)
+        summary = {row["model"]: row for row in tables["Summary"]}[NAMES[model]]
+        assert summary["complete seeds"] == "2 of 2" and number(summary["generator steps"]) == generator_steps[0]
+    per_run = pd.read_csv(sweep / "report" / "runs.csv")
+    run = job_dir(sweep, "wgan", "1")
+    assert per_run.set_index("job").loc[f"blog/{run.name}", "kid_retina_final"] == \
+        logged(run, "val/kid_retina_mean").iloc[-1]
+
+
+@pytest.fixture
+def damaged_sweep(sweep, tmp_path) -> Path:
+    """A copy of the sweep to break: the report must say what is missing, never show it as 0."""
+    copy = tmp_path / "sweep"
+    shutil.copytree(sweep, copy, ignore=shutil.ignore_patterns("report"))
+    return copy
+
+
+@pytest.mark.slow  # the session's tiny multirun: about a minute, once
+def test_runs_without_metrics_are_missing_not_zero(damaged_sweep):
+    wiped = job_dir(damaged_sweep, "wgan", "1")
+    frame = pd.read_csv(wiped / "metrics.csv")
+    frame[[c for c in frame if c.startswith("val/")]] = np.nan  # its validations never logged
+    frame.to_csv(wiped / "metrics.csv", index=False)
+    empty = damaged_sweep / "blog" / "9_experiment=blog,model=wgan,seed=7"
+    (empty / ".hydra").mkdir(parents=True)  # a job folder Hydra made, with no logs
+    (empty / ".hydra" / "overrides.yaml").write_text("- experiment=blog\n- model=wgan\n- seed=7\n")
+    tables = md_tables((build_report(damaged_sweep) / "report.md").read_text())
+    runs = {row["job"]: row for row in tables["Runs"]}
+    row = runs[f"blog/{wiped.name}"]
+    assert row["final FID (retina)"] == "missing" and row["best FID (retina) @ epoch"] == "missing"
+    assert runs[f"blog/{empty.name}"]["status"] == "no logs"
+    assert runs[f"blog/{empty.name}"]["final FID (retina)"] == "missing"
+    wgan = {row["metric"]: row for row in tables["WGAN (blog)"]}
+    fid = logged(job_dir(damaged_sweep, "wgan", "0"), "val/fid_retina").iloc[-1]
+    assert wgan["FID (retina)"]["final: mean ± sd"] == f"{fid:#.4g} (n=1 of 2)"  # one complete run left with a FID
+    assert wgan["FID (retina)"]["final: 95% CI (t)"] == "n/a (1 seed)"
+    assert not any(row["metric (final)"] == "FID (retina)" for row in tables.get("Pairwise comparison", []))
+
+
+@pytest.mark.slow  # the session's tiny multirun: about a minute, once
+def test_deleted_diverged_and_partial_runs_are_reported_as_such(damaged_sweep):
+    shutil.rmtree(job_dir(damaged_sweep, "lsgan", "1"))
+    diverged = job_dir(damaged_sweep, "wgan", "0")
+    marker = {"diverged": True, "critic_step": 7, "epoch": 1, "values": ["train/critic_loss"], "last_checkpoint": None}
+    (diverged / "diverged.json").write_text(json.dumps(marker))  # as retina_gans.divergence writes it
+    logged_only = job_dir(damaged_sweep, "lsgan", "0")  # the guard also logs train/diverged, outside any epoch
+    with open(logged_only / "metrics.csv") as f:
+        frame = pd.read_csv(f)
+    pd.concat([frame, pd.DataFrame({"step": [9], "train/diverged": [1.0]})]).to_csv(logged_only / "metrics.csv",
+                                                                                  index=False)
+    partial = job_dir(damaged_sweep, "wgan", "1")
+    frame = pd.read_csv(partial / "metrics.csv")
+    frame[frame["epoch"] == 0].to_csv(partial / "metrics.csv", index=False)  # one of two epochs so far
+    (partial / "job_status.json").unlink(missing_ok=True)
+    text = (build_report(damaged_sweep) / "report.md").read_text()
+    runs = {row["job"]: row for row in md_tables(text)["Runs"]}
+    assert runs["blog/model=lsgan,seed=1"]["status"] == "not started"  # listed by the sweep's multirun.yaml
+    assert runs[f"blog/{diverged.name}"]["status"] == "diverged"
+    assert "at critic step 7 (epoch 1): train/critic_loss not finite" in runs[f"blog/{diverged.name}"]["detail"]
+    assert runs[f"blog/{logged_only.name}"]["status"] == "diverged"
+    assert runs[f"blog/{partial.name}"]["status"] == "in progress"
+    assert runs[f"blog/{partial.name}"]["detail"].startswith("1/2 epochs")
+    assert "**Partial report.**" in text
+    summary = {row["model"]: row for row in md_tables(text)["Summary"]}
+    assert summary["WGAN"]["complete seeds"] == "0 of 2" and summary["WGAN"]["final FID (retina)"] == "missing"
+
+
+@pytest.mark.slow  # the session's tiny multirun: about a minute, once
+def test_report_command_line_rebuilds_into_another_folder(sweep, tmp_path, capsys):
+    assert report_main([str(sweep), "--out", str(tmp_path / "again")]) == 0
+    assert (tmp_path / "again" / "report.html").exists() and "report:" in capsys.readouterr().out
+
+
+def test_compare_builds_one_multirun_per_budget(capsys):
+    command = multirun_command(3, "blog", ["lsgan", "wgan", "wgan_gp"], ["trainer.max_epochs=2", "model.n_critic=1,5"],
+                               Path("logs/compare/t/blog"))
+    assert command[1:8] == ["-m", "retina_gans.train", "--multirun", "experiment=blog", "model=lsgan,wgan,wgan_gp",
+                            "seed=0,1,2", "task_name=compare"]
+    assert "trainer.max_epochs=2" in command and "model.n_critic=1,5" in command
+    assert "hydra.sweep.dir=logs/compare/t/blog" in command
+    # Shared overrides stay out of the job folder names; a swept one (n_critic) stays in.
+    hydra_conf = OmegaConf.load(PROJECT / "conf" / "hydra" / "default.yaml")
+    hydra_excluded = hydra_conf.job.config.override_dirname.exclude_keys
+    excluded = ",".join([*hydra_excluded, "task_name", "trainer.max_epochs"])
+    assert f"hydra.job.config.override_dirname.exclude_keys=[{excluded}]" in command
+    assert "+hydra.callbacks.compare_progress.total=9" in command
+    assert compare_main(["--seeds", "2", "--budgets", "blog,blog_equal_steps", "--dry-run", "trainer.max_epochs=3",
+                         "--sweep-dir", "x"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2
+    assert "hydra.sweep.dir=x/blog " in lines[0] and "hydra.sweep.dir=x/blog_equal_steps " in lines[1]
+    assert "trainer.max_epochs=3" in lines[0] and "equal_steps.epochs=3" in lines[1]
+
+
+def test_equal_steps_budget_turns_max_epochs_into_lsgan_epochs():
+    overrides = ["trainer.max_epochs=4", "seed=1"]
+    assert budget_overrides("blog_equal_steps", overrides) == ["equal_steps.epochs=4", "seed=1"]
+    assert budget_overrides("blog", ["trainer.max_epochs=4"]) == ["trainer.max_epochs=4"]
+
+
+def test_blog_equal_steps_gives_every_model_lsgans_generator_steps():
+    batches = math.ceil(1080 / 64)  # critic steps per epoch at the blog's batch size
+    steps = {}
+    for model in ["lsgan", "wgan", "wgan_gp"]:
+        cfg = compose_config([f"model={model}", "experiment=blog_equal_steps"])
+        steps[model] = cfg.trainer.max_epochs * batches // cfg.model.n_critic
+        assert cfg.data.batch_size == 64 and cfg.model.latent_dim == 100  # the rest is the blog's setup
+    assert steps == {"lsgan": 850, "wgan": 850, "wgan_gp": 850}
+
+
+def test_summarize_is_the_student_t_interval():
+    s = summarize([1.0, 2.0, 4.0])
+    half = scipy_stats.t.ppf(0.975, 2) * np.std([1, 2, 4], ddof=1) / math.sqrt(3)
+    assert (s.n, s.mean, s.low, s.high) == pytest.approx((3, 7 / 3, 7 / 3 - half, 7 / 3 + half))
+    assert summarize([None, 5.0]).n == 1 and math.isnan(summarize([5.0]).sd)
+    assert summarize([None, float("nan")]) is None
+
+
+def test_holm_and_welch_match_their_definitions():
+    assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])  # 3*0.01, max(2*0.03, .), max(., 1*0.04)
+    groups = {"a": [1.0, 1.1, 0.9], "b": [3.0, 3.3, 2.8], "c": [1.0, 1.2]}
+    tests = {(c.a, c.b): c for c in pairwise_welch(groups)}
+    reference = scipy_stats.ttest_ind(groups["a"], groups["b"], equal_var=False)
+    assert (tests["a", "b"].p, tests["a", "b"].t) == pytest.approx((reference.pvalue, reference.statistic))
+    assert tests["a", "b"].difference == pytest.approx(1.0 - 3.0333333)
+    assert sorted(c.p_holm for c in tests.values()) == pytest.approx(sorted(holm([c.p for c in tests.values()])))
