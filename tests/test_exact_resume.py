@@ -60,7 +60,7 @@ def _flat_tensors(obj) -> list[torch.Tensor]:
 # step rows every 2 batches; validation (all metrics) at the end of epoch 2.
 RUN = ["model=wgan", "model.n_critic=3", "model.generator.width=8", "model.critic.width=8", "data.verify_md5=false",
        "data.batch_size=128", "trainer.max_epochs=2", "trainer.check_val_every_n_epoch=2",
-       "trainer.num_sanity_val_steps=0", "trainer.log_every_n_steps=2", "trainer.enable_progress_bar=false",
+       "trainer.num_sanity_val_steps=0", "trainer.log_every_n_steps=2", "callbacks.progress_bar.refresh_rate=0",
        "trainer.enable_model_summary=false", "accelerator=cpu", "~callbacks.best_checkpoint",
        "callbacks.last_checkpoint.every_n_train_batches=4"]
 

@@ -171,6 +171,7 @@ def inception_run(random_inception_weights: Path) -> dict:
     return {"real": real, "fake": fake, "values": evaluate(metrics, real, fake)}
 
 
+@pytest.mark.slow
 def test_generation_metrics_inception_runs_offline_on_a_weights_file(inception_run: dict):
     values = inception_run["values"]
     for name in ("retina", "inception"):
@@ -179,6 +180,7 @@ def test_generation_metrics_inception_runs_offline_on_a_weights_file(inception_r
     assert 1.0 - 1e-6 <= values["is_inception"] <= 1008  # float32 rounding around exactly 1
 
 
+@pytest.mark.slow
 def test_generation_metrics_inception_fid_matches_torch_fidelity(inception_run: dict, random_inception_weights: Path):
     reference = torch_fidelity.calculate_metrics(
         input1=UInt8Images(inception_run["fake"].expand(-1, 3, -1, -1)),
@@ -242,9 +244,10 @@ def test_memorization_ratio_rejects_mismatched_shapes():
         memorization_ratio(synthetic_fundus(4, 1, 0), synthetic_fundus(4, 3, 0), synthetic_fundus(4, 3, 1))
 
 
+@pytest.mark.filterwarnings("ignore:.*will save all extracted features")
 def test_kernel_inception_distance_matches_torchmetrics():
-    metrics = retina_metrics(200)
-    evaluate(metrics, synthetic_fundus(200, 3, seed=0), synthetic_fundus(200, 3, seed=1))
+    metrics = retina_metrics(120)
+    evaluate(metrics, synthetic_fundus(120, 3, seed=0), synthetic_fundus(120, 3, seed=1))
     ours = metrics.kid["retina"]
     reference = KernelInceptionDistance(nn.Identity(), subset_size=ours.subset_size)
     reference.update(torch.cat(ours.real_features), real=True)

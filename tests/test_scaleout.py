@@ -21,23 +21,13 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from retina_gans.train import build, train
-from tests.conftest import CONF_DIR, compose_config
+from tests.conftest import CONF_DIR, FAST, compose_config
 from tests.test_training import run_cli
 
 MODELS = ["lsgan", "wgan", "wgan_gp"]
-# Tiny nets, one epoch, on the CPU; unlike FAST, validation stays on where a test needs its metrics.
-TINY = [
-    "model.generator.width=8",
-    "model.critic.width=8",
-    "data.batch_size=256",
-    "data.verify_md5=false",
-    "trainer.max_epochs=1",
-    "trainer.enable_model_summary=false",
-    "trainer.enable_progress_bar=false",
-    "trainer.num_sanity_val_steps=0",
-]
+# FAST's tiny nets and one epoch, but validation stays on where a test needs its metrics; each test picks the accelerator.
 NO_VALIDATION = ["trainer.limit_val_batches=0", "~callbacks.best_checkpoint"]
-
+TINY = [o for o in FAST if o not in NO_VALIDATION and not o.startswith("accelerator=")]
 
 def short_names(*extra_keys: str) -> str:
     """Sweep job folders are named by their overrides (conf/hydra/default.yaml): leave the test settings out."""

@@ -109,7 +109,7 @@ def test_invalid_hyperparameters_fail_when_the_model_is_built(override, message,
 @pytest.mark.parametrize("model", MODELS)
 def test_one_real_epoch_of_each_variant(model, tmp_path):
     overrides = [f"model={model}", f"data.root={REAL_DATA_DIR}", "trainer.max_epochs=1", "accelerator=cpu",
-                 "trainer.enable_progress_bar=false", "trainer.check_val_every_n_epoch=1"]
+                 "callbacks.progress_bar.refresh_rate=0", "trainer.check_val_every_n_epoch=1"]
     cfg = compose_config(overrides, tmp_path)
     datamodule, gan, trainer = build(cfg)
     trainer.fit(gan, datamodule=datamodule)

@@ -144,7 +144,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     batches_per_epoch = math.ceil(N_TRAIN / batch_size)
     steps = args.steps or (3 if args.tiny else 2 * batches_per_epoch)  # whole epochs: epoch-end costs included
     # compiled: warm up past the epoch's short last batch (one recompile) and a generator step (n_critic <= 5)
-    warmup = args.warmup if args.warmup is not None else 2 if args.tiny else batches_per_epoch + 5 if args.compile else 5
+    default_warmup = 2 if args.tiny else batches_per_epoch + 5 if args.compile else 5
+    warmup = args.warmup if args.warmup is not None else default_warmup
 
     report: dict[str, Any] = {
         "machine": machine(device), "versions": versions(), "commit": commit(),
@@ -167,13 +168,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     n_val = args.val_samples or (8 if args.tiny else N_TRAIN)
     with tempfile.TemporaryDirectory() as tmp:
-        weights = resolve_inception_weights(args.inception_weights, Path(tmp)) if "inception" in args.extractors else None
+        weights = None
+        if "inception" in args.extractors:
+            weights = resolve_inception_weights(args.inception_weights, Path(tmp))
         for name in args.extractors:
             if name == "inception" and weights is None:
                 report["validation"][name] = {"skipped": "no weights: pass --inception-weights PATH or random"}
                 continue
             report["validation"][name] = bench_validation(cfg, name, weights, n_val, device)
-            report["validation"][name]["weights"] = "random" if args.inception_weights == "random" and name == "inception" else weights
+            if name == "inception":
+                report["validation"][name]["weights"] = "random" if args.inception_weights == "random" else weights
             report["memory_by_phase"][f"validation/{name}"] = memory(device)
 
     first = report["training"][args.models[0]]["lightning"]

@@ -121,16 +121,16 @@ def train_images(cfg: DictConfig, device: torch.device) -> torch.Tensor:
 def bench_bare(cfg: DictConfig, warmup: int, steps: int, device: torch.device) -> dict[str, Any]:
     """A plain PyTorch loop: the same nets, optimizers, losses, batch size, n_critic, precision and compile."""
     L.seed_everything(cfg.seed, verbose=False)
-    m = cfg.model
-    gan_class = hydra.utils.get_class(m._target_)
-    generator = hydra.utils.instantiate(m.generator).to(device)
-    critic = hydra.utils.instantiate(m.critic).to(device)
-    if m.compile:
+    m = OmegaConf.to_container(cfg.model, resolve=True)  # plain dict: OmegaConf access is slow in a hot loop
+    gan_class = hydra.utils.get_class(m["_target_"])
+    generator = hydra.utils.instantiate(cfg.model.generator).to(device)
+    critic = hydra.utils.instantiate(cfg.model.critic).to(device)
+    if m["compile"]:
         generator.compile()
         if gan_class.critic_compilable:
             critic.compile()
-    critic_opt = hydra.utils.instantiate(m.critic_optimizer)(critic.parameters())
-    generator_opt = hydra.utils.instantiate(m.generator_optimizer)(generator.parameters())
+    critic_opt = hydra.utils.instantiate(cfg.model.critic_optimizer)(critic.parameters())
+    generator_opt = hydra.utils.instantiate(cfg.model.generator_optimizer)(generator.parameters())
     dtype = AUTOCAST_DTYPES[cfg.trainer.precision]
     scaler = torch.amp.GradScaler(device.type, enabled=dtype is torch.float16)
 
@@ -140,10 +140,12 @@ def bench_bare(cfg: DictConfig, warmup: int, steps: int, device: torch.device) -
             return losses.least_squares_critic(real_scores, fake_scores)
         loss = losses.wasserstein_critic(real_scores, fake_scores)
         if issubclass(gan_class, WGANGP):  # get_scale() syncs under 16-mixed, as in the model
-            loss = loss + m.gp_weight * losses.gradient_penalty(critic, real, fake, scaler.get_scale())
+            loss = loss + m["gp_weight"] * losses.gradient_penalty(critic, real, fake, scaler.get_scale())
         return loss
 
     generator_loss = losses.least_squares_generator if issubclass(gan_class, LSGAN) else losses.wasserstein_generator
+    clip = m["clip_value"] if issubclass(gan_class, WGAN) else None
+    latent_dim, n_critic = m["latent_dim"], m["n_critic"]
 
     def step(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
         optimizer.zero_grad(set_to_none=True)
@@ -165,18 +167,18 @@ def bench_bare(cfg: DictConfig, warmup: int, steps: int, device: torch.device) -
             real = images[permutation[b * batch_size : (b + 1) * batch_size]]  # (B, C, H, W) in [-1, 1]
             with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
                 with torch.no_grad():
-                    fake = generator(torch.randn(real.shape[0], m.latent_dim, device=device))
+                    fake = generator(torch.randn(real.shape[0], latent_dim, device=device))
                 loss = critic_loss(real, fake)
             step(critic_opt, loss)
-            if issubclass(gan_class, WGAN):
+            if clip is not None:
                 with torch.no_grad():
                     for p in critic.parameters():
-                        p.clamp_(-m.clip_value, m.clip_value)
+                        p.clamp_(-clip, clip)
             critic_steps += 1
-            if critic_steps % m.n_critic == 0:
+            if critic_steps % n_critic == 0:
                 critic.requires_grad_(False)  # what Lightning's toggled_optimizer does: no critic weight grads
                 with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-                    loss = generator_loss(critic(generator(torch.randn(real.shape[0], m.latent_dim, device=device))))
+                    loss = generator_loss(critic(generator(torch.randn(real.shape[0], latent_dim, device=device))))
                 step(generator_opt, loss)
                 critic.requires_grad_(True)
                 generator_steps += 1

@@ -37,7 +37,9 @@ def random_inception_weights(folder: Path) -> Path:
     return path
 
 
-def bench_validation(cfg: DictConfig, extractor: str, weights: str | None, n: int, device: torch.device) -> dict[str, Any]:
+def bench_validation(
+    cfg: DictConfig, extractor: str, weights: str | None, n: int, device: torch.device
+) -> dict[str, Any]:
     """One validation pass as GAN.validation_step/on_validation_epoch_end do it: n generated images through the
     extractor + FID/KID/IS + memorization; the n real ones are extracted once beforehand (cached for the run)."""
     metrics_config = {**cfg.metrics, "extractors": [extractor], "inception_weights": weights}
