@@ -11,3 +11,6 @@ from omegaconf import OmegaConf
 if not OmegaConf.has_resolver("mul"):
     # ${mul:a,b,...}: OmegaConf has no arithmetic; conf/experiment/blog_equal_steps.yaml multiplies epochs by n_critic.
     OmegaConf.register_new_resolver("mul", lambda *factors: math.prod(factors))
+if not OmegaConf.has_resolver("clip"):
+    # ${clip:text,n}: the first n characters; keeps sweep job folder names (all overrides) under the 255-byte limit.
+    OmegaConf.register_new_resolver("clip", lambda text, n: str(text)[: int(n)])

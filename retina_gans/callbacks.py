@@ -74,6 +74,8 @@ class LoggedMetricsCheckpoint(L.Callback):
 
     @staticmethod
     def _csv_rows(trainer: L.Trainer) -> list[dict[str, Any]]:
+        if not trainer.is_global_zero:  # loggers live on rank 0; only rank 0's checkpoint is written
+            return []
         for logger in trainer.loggers:
             if isinstance(logger, CSVLogger):
                 logger.save()  # flush the buffer so the file holds every row logged so far

@@ -160,13 +160,13 @@ class GAN(L.LightningModule):
 
     def _write_sample_grid(self) -> None:
         """The fixed-noise grid of this epoch, to TensorBoard and to `<run>/samples/epoch_NNNN.png`."""
+        run_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)  # a broadcast: every rank must ask
         if not self.trainer.is_global_zero:
             return
         grid = make_grid(self.generate(self.grid_noise), nrow=8)  # (3, H', W') uint8
         for logger in self.loggers:
             if isinstance(logger, L.pytorch.loggers.TensorBoardLogger):
                 logger.experiment.add_image("samples", grid, global_step=self.current_epoch)
-        run_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)
         (run_dir / "samples").mkdir(parents=True, exist_ok=True)
         save_image(grid.float() / 255.0, run_dir / "samples" / f"epoch_{self.current_epoch:04d}.png")
 
