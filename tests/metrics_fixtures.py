@@ -10,8 +10,7 @@ import torch.nn.functional as F
 import torch_fidelity.feature_extractor_inceptionv3 as fidelity_inception
 from torch import Tensor
 
-REAL_DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data"
-SPLIT_SIZES = {"train": 1080, "val": 120, "test": 400}  # medmnist checks these against its INFO table
+from tests.conftest import REAL_DATA_DIR, SPLIT_SIZES  # noqa: F401 (REAL_DATA_DIR re-exported for the metrics tests)
 
 
 def synthetic_fundus(n: int, channels: int, seed: int, size: int = 28) -> Tensor:
