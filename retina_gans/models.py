@@ -17,12 +17,13 @@ import torch
 from omegaconf import OmegaConf
 from torch import Tensor, nn
 from torchmetrics.utilities.distributed import gather_all_tensors
-from torchvision.utils import make_grid, save_image
 
 from retina_gans import losses
 from retina_gans.metrics import GenerationMetrics, memorization_ratio, resolve_extractors
 from retina_gans.networks import has_batch_norm
 from retina_gans.pixels import to_uint8
+from retina_gans.sample_grid import write_sample_grid
+from retina_gans.training_log import TrainingLog
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 
@@ -62,6 +63,7 @@ class GAN(L.LightningModule):
         self.extractors = resolve_extractors(metrics["extractors"], metrics["inception_weights"])
         self.critic_steps = 0
         self.generator_steps = 0
+        self.training_log = TrainingLog()
         # Fixed noise, regenerated from a constant seed (not saved): every run and epoch draws the same samples.
         noise = torch.Generator().manual_seed(metrics["noise_seed"])
         self.register_buffer("grid_noise", torch.randn(n_grid_samples, latent_dim, generator=noise), persistent=False)
@@ -102,9 +104,7 @@ class GAN(L.LightningModule):
             critic_opt.step()
         self.constrain_critic()
         self.critic_steps += 1
-        self.log("train/critic_loss", critic_loss, on_step=True, on_epoch=True)
-        self.log_dict({f"train/{k}": v for k, v in extra.items()}, on_step=True, on_epoch=True)
-        outputs = {"critic_loss": critic_loss.detach(), "fake": fake, **extra}  # fake: (N, C, H, W), no grad
+        logged = {"critic_loss": critic_loss.detach(), **extra}
 
         if self.critic_steps % self.n_critic == 0:
             with self.toggled_optimizer(generator_opt):
@@ -113,26 +113,30 @@ class GAN(L.LightningModule):
                 self.manual_backward(generator_loss)
                 generator_opt.step()
             self.generator_steps += 1
-            self.log("train/generator_loss", generator_loss, on_step=True, on_epoch=True)
-            outputs["generator_loss"] = generator_loss.detach()
-        return outputs
+            logged["generator_loss"] = generator_loss.detach()
+        self.training_log.add(logged, real.shape[0])
+        if self.trainer._logger_connector.should_update_logs:  # Lightning's own test for writing a step row
+            self.log_dict({f"train/{k}_step": v for k, v in self.training_log.latest.items()}, on_step=True, on_epoch=False)
+        return {"fake": fake, **logged}  # fake: (N, C, H, W), no grad
 
     def on_train_epoch_end(self) -> None:
-        self.log_dict(
-            {"train/critic_steps": float(self.critic_steps), "train/generator_steps": float(self.generator_steps)},
-            on_step=False,
-            on_epoch=True,
-        )
+        epoch_values = {f"train/{k}_epoch": v for k, v in self.training_log.epoch_means().items()}
+        epoch_values |= {"train/critic_steps": float(self.critic_steps), "train/generator_steps": float(self.generator_steps)}
+        self.log_dict(epoch_values, on_step=False, on_epoch=True)
+        self.training_log.start_epoch()
         self._write_sample_grid()
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["gan_steps"] = {"critic": self.critic_steps, "generator": self.generator_steps}
+        checkpoint["training_log"] = self.training_log.state_dict()  # mid-epoch: this epoch's sums so far
         if self.run_config is not None:  # lets `evaluate` and `sample` rebuild the nets from the checkpoint alone
             checkpoint["run_config"] = self.run_config
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.critic_steps = checkpoint["gan_steps"]["critic"]
         self.generator_steps = checkpoint["gan_steps"]["generator"]
+        if "training_log" in checkpoint:  # absent from checkpoints written before it existed
+            self.training_log.load_state_dict(checkpoint["training_log"], self.device)
 
     @staticmethod
     def from_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> "GAN":
@@ -163,12 +167,8 @@ class GAN(L.LightningModule):
         run_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)  # a broadcast: every rank must ask
         if not self.trainer.is_global_zero:
             return
-        grid = make_grid(self.generate(self.grid_noise), nrow=8)  # (3, H', W') uint8
-        for logger in self.loggers:
-            if isinstance(logger, L.pytorch.loggers.TensorBoardLogger):
-                logger.experiment.add_image("samples", grid, global_step=self.current_epoch)
-        (run_dir / "samples").mkdir(parents=True, exist_ok=True)
-        save_image(grid.float() / 255.0, run_dir / "samples" / f"epoch_{self.current_epoch:04d}.png")
+        path = run_dir / "samples" / f"epoch_{self.current_epoch:04d}.png"
+        write_sample_grid(self.generate(self.grid_noise), path, self.loggers, "samples", self.current_epoch)
 
     # ---- metrics in the validation hooks ----------------------------------------------------------
     def setup(self, stage: str) -> None:

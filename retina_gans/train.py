@@ -47,6 +47,17 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule, L.
     return datamodule, model, trainer
 
 
+def build_for_fit(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule, L.Trainer]:
+    """`build`, then what every fit needs first: the data file checked, the config in the model (for its
+    checkpoints) and in the loggers' hyperparameters. Shared by `train` and the benchmark's Lightning path."""
+    datamodule, model, trainer = build(cfg)
+    datamodule.prepare_data()  # fail on a missing or corrupt data file before anything is written
+    model.run_config = OmegaConf.to_container(cfg, resolve=True)
+    for logger in trainer.loggers:
+        logger.log_hyperparams(_flatten(model.run_config))
+    return datamodule, model, trainer
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit the configured GAN and return the final logged metrics as floats (empty: the resumed run had finished)."""
     validate(cfg)
@@ -56,11 +67,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
             log.info("%s: this run already finished its %d epochs (trainer.max_epochs=%d); nothing to do. "
                      "Raise trainer.max_epochs to train it further.", cfg.ckpt_path, epochs, cfg.trainer.max_epochs)
             return {}
-    datamodule, model, trainer = build(cfg)
-    datamodule.prepare_data()  # fail on a missing or corrupt data file before anything is written
-    model.run_config = OmegaConf.to_container(cfg, resolve=True)
-    for logger in trainer.loggers:
-        logger.log_hyperparams(_flatten(model.run_config))
+    datamodule, model, trainer = build_for_fit(cfg)
     trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     return {k: float(v) for k, v in trainer.callback_metrics.items()}
 

@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 from retina_gans.bench import main
+from retina_gans.bench.cli import median_window
 from retina_gans.bench.training import MODELS
 
 
@@ -27,7 +28,7 @@ def tiny_report(tmp_path_factory: pytest.TempPathFactory, synthetic_data_dir: Pa
 def test_bench_tiny_writes_the_report_it_returns(tiny_report):
     report, json_out = tiny_report
     assert json.loads(json_out.read_text()) == json.loads(json.dumps(report))
-    assert (json_out.with_suffix("") / "lsgan" / "checkpoints" / "last.ckpt").exists()  # the real training path ran
+    assert (json_out.with_suffix("") / "lsgan" / "0" / "checkpoints" / "last.ckpt").exists()  # the real training path ran
 
 
 @pytest.mark.slow
@@ -40,6 +41,8 @@ def test_bench_tiny_times_both_paths_and_their_ratio(tiny_report, model):
         assert all(positive(r[k]) for k in ("images_per_s", "generator_steps_per_s", "images_per_cpu_s", "window_s"))
     for key in ("images_per_s", "generator_steps_per_s", "images_per_cpu_s"):
         assert training["ratio"][key] == pytest.approx(training["lightning"][key] / training["bare"][key])
+    assert training["repeats"] == {"lightning": [training["lightning"]], "bare": [training["bare"]]}  # tiny: 1 each
+    assert training["ratio_per_repeat"] == [pytest.approx(training["ratio"]["images_per_s"])]
 
 
 @pytest.mark.slow
@@ -64,3 +67,9 @@ def test_bench_tiny_reports_validation_run_machine_and_memory(tiny_report):
 def test_bench_refuses_float16_on_cpu():
     with pytest.raises(SystemExit, match="16-mixed needs CUDA"):
         main(["--device", "cpu", "--precision", "16-mixed"])
+
+
+def test_median_window_is_one_real_window_of_median_throughput():
+    windows = [{"images_per_s": 3.0, "id": "a"}, {"images_per_s": 1.0, "id": "b"}, {"images_per_s": 2.0, "id": "c"}]
+    assert median_window(windows)["id"] == "c"
+    assert median_window(windows[:2])["id"] == "b"  # even count: the lower of the two middle ones

@@ -5,12 +5,13 @@ import pytest
 import torch
 import torch_fidelity
 from torch import nn
+from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance
 
 from tests.metrics_fixtures import UInt8Images, random_inception_weights, synthetic_fundus  # noqa: F401 (fixture)
 from retina_gans.metrics import GenerationMetrics, InceptionWeightsError, memorization_ratio, resolve_extractors
 from retina_gans.metrics import extractors as extractors_module
-from retina_gans.metrics.generation_metrics import KID_MAX_SUBSET_SIZE
+from retina_gans.metrics.generation_metrics import KID_MAX_SUBSET_SIZE, _FrechetDistance, _Precomputed
 
 N_INCEPTION = 6  # Inception at 299x299 costs ~0.3 s per image on a 2-core CPU: keep these sets tiny
 
@@ -258,3 +259,41 @@ def test_kernel_inception_distance_matches_torchmetrics():
     expected_mean, expected_std = reference.compute()
     assert mean.item() == pytest.approx(expected_mean.item(), rel=1e-5)
     assert std.item() == pytest.approx(expected_std.item(), rel=1e-4)
+
+
+def fid_pair(dim: int, seed: int, shift: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Correlated real and generated features (300, dim): a full-rank and a low-rank-ish covariance."""
+    g = torch.Generator().manual_seed(seed)
+    real = torch.randn(300, dim, generator=g) @ torch.randn(dim, dim, generator=g)
+    fake = torch.randn(300, dim // 2, generator=g) @ torch.randn(dim // 2, dim, generator=g) + shift
+    return real, fake
+
+
+@pytest.mark.parametrize("dim", [16, 400])  # 400 > 300 samples: singular covariances, as with 2048-d Inception
+def test_frechet_distance_matches_torchmetrics(dim):
+    real, fake = fid_pair(dim, seed=dim, shift=0.5)
+    ours, reference = _FrechetDistance(_Precomputed(dim)), FrechetInceptionDistance(_Precomputed(dim))
+    for metric in (ours, reference):
+        metric.update(real, real=True)
+        metric.update(fake, real=False)
+    assert ours.compute().item() == pytest.approx(reference.compute().item(), rel=1e-6)
+
+
+def test_frechet_distance_reuses_the_real_root_until_the_real_features_change():
+    real, fake = fid_pair(16, seed=1, shift=0.0)
+    other_real, other_fake = fid_pair(16, seed=2, shift=1.0)
+    ours = _FrechetDistance(_Precomputed(16), reset_real_features=False)
+    reference = FrechetInceptionDistance(_Precomputed(16), reset_real_features=False)
+    for metric in (ours, reference):
+        metric.update(real, real=True)
+        metric.update(fake, real=False)
+        metric.compute()
+        metric.reset()  # a later validation: same real features, new generated ones
+        metric.update(other_fake, real=False)
+    assert ours.compute().item() == pytest.approx(reference.compute().item(), rel=1e-6)
+    for metric in (ours, reference):  # what GenerationMetrics.reset_all does: the real set is replaced
+        metric.reset_real_features = True
+        metric.reset()
+        metric.update(other_real, real=True)
+        metric.update(fake, real=False)
+    assert ours.compute().item() == pytest.approx(reference.compute().item(), rel=1e-6)

@@ -1,3 +1,4 @@
+import csv
 import math
 import os
 import subprocess
@@ -63,6 +64,43 @@ def test_step_losses_are_logged_under_their_names(model, fast_config, tmp_path):
     assert list((tmp_path / "samples").glob("epoch_0000.png"))  # the fixed-noise grid of the epoch
     assert list(tmp_path.glob("events.out.tfevents.*")) and (tmp_path / "metrics.csv").exists()
     assert (tmp_path / "checkpoints" / "last.ckpt").exists()
+
+
+def test_epoch_means_are_the_batch_weighted_means_of_the_step_values(fast_config, tmp_path):
+    # every batch logged: 5 batches per epoch (4 x 256 + 56), generator after every 2nd critic step
+    train(fast_config("wgan_gp", "model.n_critic=2", "trainer.max_epochs=2", "trainer.log_every_n_steps=1"))
+    rows = list(csv.DictReader(open(tmp_path / "metrics.csv")))
+    sizes = [256, 256, 256, 256, 56]
+    for epoch in (0, 1):
+        steps = [r for r in rows if r["epoch"] == str(epoch) and r["train/critic_loss_step"]]
+        (end,) = [r for r in rows if r["epoch"] == str(epoch) and r["train/critic_loss_epoch"]]
+        assert len(steps) == 5
+        for name in ("critic_loss", "wasserstein_distance", "gradient_penalty"):
+            values = [float(r[f"train/{name}_step"]) for r in steps]
+            weighted = sum(v * n for v, n in zip(values, sizes)) / sum(sizes)
+            assert float(end[f"train/{name}_epoch"]) == pytest.approx(weighted, rel=1e-5)
+    # the generator loss: the latest value on every step row, and the mean over the generator's own steps
+    generator = [r["train/generator_loss_step"] for r in rows if r["train/critic_loss_step"]]
+    assert generator[0] == ""  # no generator step yet
+    assert generator[1] == generator[2] != generator[3] == generator[4]  # it stepped at critic steps 2 and 4
+    (end,) = [r for r in rows if r["epoch"] == "0" and r["train/generator_loss_epoch"]]
+    weighted = (float(generator[1]) * 256 + float(generator[3]) * 256) / 512
+    assert float(end["train/generator_loss_epoch"]) == pytest.approx(weighted, rel=1e-5)
+
+
+def test_sample_grid_png_and_tensorboard_image_hold_the_same_grayscale_grid(fast_config, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from torchvision.io import decode_png
+
+    train(fast_config("lsgan", "model.n_grid_samples=16"))
+    png = (tmp_path / "samples" / "epoch_0000.png").read_bytes()
+    grid = decode_png(torch.frombuffer(bytearray(png), dtype=torch.uint8))
+    assert grid.shape == (1, 2 + 2 * 30, 2 + 8 * 30)  # 16 samples, 8 per row, 28 px + 2 px padding, one channel
+    assert grid.float().std() > 0  # generated pixels, not an empty canvas
+    events = EventAccumulator(str(tmp_path), size_guidance={"images": 0})
+    events.Reload()
+    (image,) = events.Images("samples")
+    assert (image.step, image.encoded_image_string) == (0, png)
 
 
 def final_weights(cfg) -> torch.Tensor:

@@ -31,8 +31,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m retina_gans.bench", description=__doc__)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--batch-size", type=int, help="data.batch_size (default: experiment=blog's, 64)")
-    p.add_argument("--steps", type=int, help="timed batches per model and path (default: 2 epochs' worth)")
+    p.add_argument("--steps", type=int, help="timed batches per model and path (default: 5 epochs' worth)")
     p.add_argument("--warmup", type=int, help="untimed batches first (default 5; compiled: an epoch + 5; tiny 2)")
+    p.add_argument("--repeats", type=int, help="windows per path, alternating Lightning and bare; the median "
+                   "of each path is reported (default 3; tiny 1)")
     p.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
     p.add_argument("--compile", action="store_true", help="model.compile=true (the WGAN-GP critic stays eager)")
     p.add_argument("--precision", choices=list(AUTOCAST_DTYPES), default="32-true")
@@ -97,16 +99,22 @@ def commit() -> dict[str, Any]:
         return {"hash": None, "dirty": None}
 
 
+def median_window(windows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The window of median throughput (a real window, not a mix of figures from several)."""
+    return sorted(windows, key=lambda w: w["images_per_s"])[(len(windows) - 1) // 2]
+
+
 def print_table(report: dict[str, Any]) -> None:
     s = report["settings"]
     print(f"\nretina-gans bench: {s['device']}, precision {s['precision']}, compile {s['compile']}, "
-          f"batch {s['batch_size']}, {s['steps']} timed batches after {s['warmup']}")
+          f"batch {s['batch_size']}, {s['steps']} timed batches after {s['warmup']}, median of {s['repeats']} windows")
     print(f"{'model':<9}{'path':<11}{'images/s':>10}{'gen steps/s':>13}{'s/batch':>10}")
     for model, r in report["training"].items():
         for path in ("lightning", "bare"):
             print(f"{model:<9}{path:<11}{r[path]['images_per_s']:>10.1f}{r[path]['generator_steps_per_s']:>13.2f}"
                   f"{r[path]['s_per_batch']:>10.4f}")
-        print(f"{model:<9}{'ratio':<11}{r['ratio']['images_per_s']:>10.3f}{r['ratio']['generator_steps_per_s']:>13.3f}")
+        print(f"{model:<9}{'ratio':<11}{r['ratio']['images_per_s']:>10.3f}{r['ratio']['generator_steps_per_s']:>13.3f}"
+              f"   per repeat: {' '.join(f'{x:.3f}' for x in r['ratio_per_repeat'])}")
     for name, v in report["validation"].items():
         if "skipped" in v:
             print(f"validation {name}: skipped ({v['skipped']})")
@@ -142,29 +150,36 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     cfg = compose_config([f"model={args.models[0]}", *overrides], run_dir)
     batch_size = cfg.data.batch_size
     batches_per_epoch = math.ceil(N_TRAIN / batch_size)
-    steps = args.steps or (3 if args.tiny else 2 * batches_per_epoch)  # whole epochs: epoch-end costs included
+    steps = args.steps or (3 if args.tiny else 5 * batches_per_epoch)  # whole epochs: epoch-end costs included
     # compiled: warm up past the epoch's short last batch (one recompile) and a generator step (n_critic <= 5)
     default_warmup = 2 if args.tiny else batches_per_epoch + 5 if args.compile else 5
     warmup = args.warmup if args.warmup is not None else default_warmup
+    repeats = args.repeats or (1 if args.tiny else 3)
 
     report: dict[str, Any] = {
         "machine": machine(device), "versions": versions(), "commit": commit(),
         "settings": {"device": args.device, "precision": args.precision, "compile": args.compile,
-                     "batch_size": batch_size, "warmup": warmup, "steps": steps, "tiny": args.tiny,
+                     "batch_size": batch_size, "warmup": warmup, "steps": steps, "repeats": repeats, "tiny": args.tiny,
                      "overrides": overrides, "models": args.models},
         "training": {}, "validation": {}, "memory_by_phase": {},
     }
     memory(device)
     for model in args.models:
-        # the training window runs validation with the retina extractor only: no download, timed separately anyway
-        run_cfg = compose_config([f"model={model}", "trainer.max_epochs=-1", "metrics.extractors=[retina]",
-                                  *overrides], run_dir / model)
-        lightning = bench_lightning(run_cfg, warmup, steps)
-        report["memory_by_phase"][f"{model}/lightning"] = memory(device)
-        bare = bench_bare(run_cfg, warmup, steps, device)
-        report["memory_by_phase"][f"{model}/bare"] = memory(device)
+        windows: dict[str, list[dict[str, Any]]] = {"lightning": [], "bare": []}
+        for repeat in range(repeats):  # alternating, so a slow spell of a shared machine hits both paths
+            # the training window runs validation with the retina extractor only: no download, timed separately
+            run_cfg = compose_config([f"model={model}", "trainer.max_epochs=-1", "metrics.extractors=[retina]",
+                                      *overrides], run_dir / model / str(repeat))
+            windows["lightning"].append(bench_lightning(run_cfg, warmup, steps))
+            report["memory_by_phase"][f"{model}/lightning"] = memory(device)
+            windows["bare"].append(bench_bare(run_cfg, warmup, steps, device))
+            report["memory_by_phase"][f"{model}/bare"] = memory(device)
+        lightning, bare = median_window(windows["lightning"]), median_window(windows["bare"])
         ratio = {k: lightning[k] / bare[k] for k in ("images_per_s", "generator_steps_per_s", "images_per_cpu_s")}
-        report["training"][model] = {"lightning": lightning, "bare": bare, "ratio": ratio}
+        report["training"][model] = {"lightning": lightning, "bare": bare, "ratio": ratio,
+                                     "ratio_per_repeat": [l["images_per_s"] / b["images_per_s"]
+                                                          for l, b in zip(windows["lightning"], windows["bare"])],
+                                     "repeats": windows}
 
     n_val = args.val_samples or (8 if args.tiny else N_TRAIN)
     with tempfile.TemporaryDirectory() as tmp:

@@ -1,7 +1,7 @@
 """Training throughput: the project's Lightning path against a bare PyTorch loop with the same pieces.
 
 Both paths build the same nets, optimizers and losses from the same composed config and train on the same
-in-memory tensor sliced by a permutation. The Lightning path is the real one (`retina_gans.train.build` +
+in-memory tensor sliced by a permutation. The Lightning path is the real one (`retina_gans.train.build_for_fit` +
 `trainer.fit`, with its loggers, checkpoints, sample grids and progress bar); validation inside its timed
 window is subtracted (it is timed separately, per extractor). Throughput = real images through the critic
 per second; the generator steps every `n_critic`-th batch. Clocks are synchronised only at window edges.
@@ -21,7 +21,7 @@ from retina_gans import losses
 from retina_gans.data import ensure_data_file, load_split
 from retina_gans.models import LSGAN, WGAN, WGANGP
 from retina_gans.pixels import to_model_range
-from retina_gans.train import _flatten, build, train
+from retina_gans.train import build_for_fit, train
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 MODELS = ("lsgan", "wgan", "wgan_gp")
@@ -94,13 +94,9 @@ def _rates(images: int, generator_steps: int, batches: int, seconds: float, cpu_
 
 def bench_lightning(cfg: DictConfig, warmup: int, steps: int) -> dict[str, Any]:
     """The project's training path, exactly as `retina_gans.train.train` runs it, stopped after the window."""
-    datamodule, gan, trainer = build(cfg)
+    datamodule, gan, trainer = build_for_fit(cfg)
     window = StepWindow(warmup, steps)
     trainer.callbacks.append(window)
-    datamodule.prepare_data()
-    gan.run_config = OmegaConf.to_container(cfg, resolve=True)
-    for logger in trainer.loggers:
-        logger.log_hyperparams(_flatten(gan.run_config))
     trainer.fit(gan, datamodule=datamodule)
     if window.end is None:
         raise RuntimeError(f"the fit stopped after {window.batches} batches, before the window's {warmup + steps}")
