@@ -8,6 +8,7 @@ training data through the critic. `train/critic_steps` and `train/generator_step
 at each epoch end; the x-axis of step-level curves is the batch (= critic step) counter.
 """
 
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -26,6 +27,17 @@ from retina_gans.sample_grid import write_sample_grid
 from retina_gans.training_log import TrainingLog
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
+
+
+def training_extractors(requested: list[str] | str) -> list[str] | str:
+    """`auto` during training leaves Inception out on a machine without a GPU: it costs about 0.3 s of CPU per image,
+    minutes per validation, every few epochs of a run whose epochs take a second. Asked for by name, it is used."""
+    if requested == "auto" and not torch.cuda.is_available():
+        warnings.warn("metrics.extractors=auto: Inception left out of training validation on a machine without a GPU "
+                      "(minutes per validation on CPU); set metrics.extractors=[retina,inception] to use it anyway, "
+                      "or score a checkpoint once with python -m retina_gans.evaluate", stacklevel=2)
+        return ["retina"]
+    return requested
 
 
 class GAN(L.LightningModule):
@@ -60,7 +72,7 @@ class GAN(L.LightningModule):
         self.latent_dim = latent_dim
         self.n_critic = n_critic
         self.metrics_config = metrics
-        self.extractors = resolve_extractors(metrics["extractors"], metrics["inception_weights"])
+        self.extractors = resolve_extractors(training_extractors(metrics["extractors"]), metrics["inception_weights"])
         self.critic_steps = 0
         self.generator_steps = 0
         self.training_log = TrainingLog()

@@ -297,3 +297,14 @@ def test_frechet_distance_reuses_the_real_root_until_the_real_features_change():
         metric.update(other_real, real=True)
         metric.update(fake, real=False)
     assert ours.compute().item() == pytest.approx(reference.compute().item(), rel=1e-6)
+
+
+def test_training_auto_leaves_inception_out_without_a_gpu_but_keeps_it_when_named(monkeypatch: pytest.MonkeyPatch):
+    from retina_gans.models import training_extractors
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.warns(UserWarning, match="without a GPU"):
+        assert training_extractors("auto") == ["retina"]
+    assert training_extractors(["retina", "inception"]) == ["retina", "inception"]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert training_extractors("auto") == "auto"  # resolved as usual: Inception if its weights load
