@@ -98,6 +98,13 @@ class GAN(L.LightningModule):
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
         return [self.critic_optimizer(self.critic.parameters()), self.generator_optimizer(self.generator.parameters())]
 
+    def _outside_autocast(self) -> torch.autocast:
+        """Backward and optimizer steps without autocast. Under `*-mixed` precision Lightning runs the whole
+        training_step in autocast; backward ops keep their forward dtypes either way (PyTorch recommends leaving
+        autocast before backward), but autocast's dispatch on every backward and Adam op cost about 10 % of a
+        bf16 step on CPU (measured: 34-38 ms against 32-33 ms per WGAN-GP critic step)."""
+        return torch.autocast(self.device.type, enabled=False)
+
     def sample_noise(self, n: int) -> Tensor:
         return torch.randn(n, self.latent_dim, device=self.device)
 
@@ -111,9 +118,10 @@ class GAN(L.LightningModule):
             fake = self.generator(self.sample_noise(real.shape[0]))  # (N, C, H, W) in [-1, 1]
         with self.toggled_optimizer(critic_opt):
             critic_loss, extra = self.critic_loss(real, fake)
-            critic_opt.zero_grad(set_to_none=True)
-            self.manual_backward(critic_loss)
-            critic_opt.step()
+            with self._outside_autocast():
+                critic_opt.zero_grad(set_to_none=True)
+                self.manual_backward(critic_loss)
+                critic_opt.step()
         self.constrain_critic()
         self.critic_steps += 1
         logged = {"critic_loss": critic_loss.detach(), **extra}
@@ -121,9 +129,10 @@ class GAN(L.LightningModule):
         if self.critic_steps % self.n_critic == 0:
             with self.toggled_optimizer(generator_opt):
                 generator_loss = self.generator_loss(self.generator(self.sample_noise(real.shape[0])))
-                generator_opt.zero_grad(set_to_none=True)
-                self.manual_backward(generator_loss)
-                generator_opt.step()
+                with self._outside_autocast():
+                    generator_opt.zero_grad(set_to_none=True)
+                    self.manual_backward(generator_loss)
+                    generator_opt.step()
             self.generator_steps += 1
             logged["generator_loss"] = generator_loss.detach()
         self.training_log.add(logged, real.shape[0])

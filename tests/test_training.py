@@ -192,3 +192,23 @@ def test_missing_data_is_one_clear_line_and_exit_code_2(tmp_path):
                      cwd=tmp_path)
     assert result.returncode == 2
     assert "RetinaMNIST file not found" in result.stderr and "Traceback" not in result.stderr
+
+
+class RecordDtypes(L.Callback):
+    def __init__(self) -> None:
+        self.fake_dtypes, self.grad_dtypes = set(), set()
+
+    def on_train_batch_end(self, trainer, gan, outputs, batch, batch_idx) -> None:
+        self.fake_dtypes.add(outputs["fake"].dtype)
+        self.grad_dtypes |= {p.grad.dtype for p in gan.critic.parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("model", ["lsgan", "wgan_gp"])
+def test_bf16_mixed_trains_with_bf16_forward_passes_and_fp32_weights_and_gradients(model, fast_config):
+    datamodule, gan, trainer = build(fast_config(model, "trainer.precision=bf16-mixed", "model.n_critic=1"))
+    dtypes = RecordDtypes()
+    trainer.callbacks.append(dtypes)
+    trainer.fit(gan, datamodule=datamodule)
+    assert dtypes.fake_dtypes == {torch.bfloat16}  # the generator ran under autocast
+    assert dtypes.grad_dtypes == {torch.float32} and all(p.dtype == torch.float32 for p in gan.parameters())
+    assert all(math.isfinite(float(v)) for k, v in trainer.callback_metrics.items() if k.startswith("train/"))
