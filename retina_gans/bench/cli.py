@@ -5,8 +5,8 @@ import json
 import math
 import os
 import platform
-import statistics
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -175,9 +175,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             run_cfg = compose_config([f"model={model}", "trainer.max_epochs=-1", "metrics.extractors=[retina]",
                                       *overrides], run_dir / model / str(repeat))
             windows["lightning"].append(bench_lightning(run_cfg, warmup, steps))
-            report["memory_by_phase"][f"{model}/lightning"] = memory(device)
+            report["memory_by_phase"][f"{model}/lightning/{repeat}"] = memory(device)  # each call resets the peak
             windows["bare"].append(bench_bare(run_cfg, warmup, steps, device))
-            report["memory_by_phase"][f"{model}/bare"] = memory(device)
+            report["memory_by_phase"][f"{model}/bare/{repeat}"] = memory(device)
         # Ratio: the median over repeats of each back-to-back (Lightning, bare) pair's ratio; a pair shares the
         # machine's state of the moment, two separate medians do not.
         pairs = list(zip(windows["lightning"], windows["bare"]))
