@@ -23,8 +23,22 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 REQUIRED_KEYS = ("state_dict", "optimizer_states", "loops", "callbacks", "gan_steps", "epoch")
 
 
-class CheckpointFileError(RuntimeError):
+class CheckpointFileError(ValueError):
     """A checkpoint passed as ckpt_path is missing, truncated or not one of ours."""
+
+
+def _umask() -> int:
+    """The process umask, read without changing it (`os.umask` would, for a moment, in every thread)."""
+    try:
+        with open("/proc/self/status") as f:
+            return int(next(line.split()[1] for line in f if line.startswith("Umask:")), 8)
+    except (OSError, StopIteration, ValueError):
+        return 0o022
+
+
+def temporary_files(folder: Path) -> list[Path]:
+    """What `atomic_torch_save` leaves in `folder` when the process is killed (SIGKILL) between write and rename."""
+    return sorted(folder.glob(".*.ckpt.*.tmp"))
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
@@ -32,6 +46,7 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; a checkpoint gets the mode of any other file
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
             f.flush()
@@ -50,11 +65,13 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
         pass
 
 
-def read_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
+def read_checkpoint(path: str | os.PathLike, map_location: Any = "cpu",
+                    required: tuple[str, ...] = REQUIRED_KEYS) -> dict[str, Any]:
     """Load a training checkpoint, or raise a one-line CheckpointFileError that names the file and what is wrong.
 
-    Loads with `weights_only=True`: our checkpoints hold only tensors and plain Python values, so a file that
-    needs arbitrary pickled objects is not one of ours (and is not executed).
+    Loads with `weights_only=True`: our checkpoints hold only tensors and plain Python values (the run's config
+    as plain data), so a file that needs arbitrary pickled objects is not one of ours (and is not executed).
+    `required`: the keys the caller needs (resuming needs the loop state; sampling the weights and the config).
     """
     path = Path(path)
     if not path.exists():
@@ -80,13 +97,32 @@ def read_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
             f"checkpoint {path} cannot be loaded ({type(error).__name__}: {first_line[:160]}); "
             "it is corrupt or was not written by retina_gans.train"
         ) from None
-    missing = [k for k in REQUIRED_KEYS if not isinstance(checkpoint, dict) or k not in checkpoint]
+    missing = [k for k in required if not isinstance(checkpoint, dict) or k not in checkpoint]
     if missing:
         raise CheckpointFileError(
             f"checkpoint {path} is not a retina-gans training checkpoint (missing {', '.join(missing)}); "
             "pass a checkpoints/last.ckpt written by retina_gans.train"
         )
     return checkpoint
+
+
+# What a stored config may name for Hydra to build: our own classes and torch's optimizers, nothing else.
+OWN_TARGETS = ("retina_gans.", "torch.optim.")
+
+
+def check_targets(config: Any, path: str | os.PathLike) -> Any:
+    """Return `config` (a part of a checkpoint's run_config) if every `_target_` in it is one of ours; Hydra's
+    instantiate imports and calls whatever a `_target_` names, so a file from elsewhere could run code through it."""
+    def targets(tree: Any) -> list[str]:
+        if isinstance(tree, dict):
+            return [str(v) for k, v in tree.items() if k == "_target_"] + [t for v in tree.values() for t in targets(v)]
+        return [t for v in tree for t in targets(v)] if isinstance(tree, list) else []
+
+    foreign = [t for t in targets(config) if not t.startswith(OWN_TARGETS)]
+    if foreign:
+        raise CheckpointFileError(f"checkpoint {path} names classes outside retina_gans and torch.optim in its "
+                                  f"config ({', '.join(foreign)}); refusing to build them")
+    return config
 
 
 def completed_epochs(checkpoint: dict[str, Any]) -> int:

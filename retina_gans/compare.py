@@ -66,6 +66,9 @@ def multirun_command(seeds: int, budget: str, models: list[str], overrides: list
     if seeds < 1:
         raise ValueError(f"--seeds must be >= 1, got {seeds}")
     overrides = budget_overrides(budget, overrides)
+    launcher = next((o.split("=", 1)[1] for o in overrides if o.startswith("hydra/launcher=")), "basic")
+    if launcher != "basic" and not any(_key(o).startswith("callbacks.progress_bar") for o in overrides):
+        overrides.append("callbacks.progress_bar.refresh_rate=0")  # jobs side by side would draw over each other
     hydra_conf = OmegaConf.load(PROJECT / "conf" / "hydra" / "default.yaml")
     excluded = list(hydra_conf.job.config.override_dirname.exclude_keys) + ["task_name"]
     excluded += [_key(o) for o in overrides if not _is_sweep(o) and not _key(o).startswith("hydra.")]
@@ -95,8 +98,8 @@ class JobProgress(Callback):
         self.total = total
         self.started = 0.0
 
-    def _describe(self, config: DictConfig) -> str:
-        return f"job {config.hydra.job.num + 1}/{self.total} ({config.hydra.job.override_dirname})"
+    def _describe(self, config: DictConfig) -> str:  # numbered from 0, as the job folders are
+        return f"job {config.hydra.job.num} of 0-{self.total - 1} ({config.hydra.job.override_dirname})"
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
         self.started = time.time()
@@ -176,13 +179,44 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return args
 
 
+def check_arguments(seeds: int, budgets: list[str], models: list[str], overrides: list[str]) -> None:
+    """Every argument and override checked before any job starts: a ValueError naming the fix."""
+    if seeds < 1:
+        raise ValueError(f"--seeds must be >= 1, got {seeds}")
+    variants = sorted(p.stem for p in (PROJECT / "conf" / "model").glob("*.yaml") if not p.stem.startswith("_"))
+    experiments = sorted(p.stem for p in (PROJECT / "conf" / "experiment").glob("*.yaml"))
+    for name, chosen, allowed in (("--models", models, variants), ("--budgets", budgets, experiments)):
+        if not chosen or any(c not in allowed for c in chosen):
+            raise ValueError(f"{name} must be a comma-separated list drawn from {','.join(allowed)}, got "
+                             f"{','.join(chosen) or 'nothing'}")
+    from hydra import compose, initialize_config_dir  # the job's own checks, on each job's config
+    from hydra.errors import HydraException
+
+    from retina_gans.config_validation import validate
+
+    job_overrides = [o for o in overrides if not _key(o).startswith("hydra")]
+    for budget in budgets:
+        for model in models:
+            try:
+                with initialize_config_dir(config_dir=str(PROJECT / "conf"), version_base="1.3"):
+                    cfg = compose("config", overrides=[f"experiment={budget}", f"model={model}", "seed=0",
+                                                       *budget_overrides(budget, job_overrides)])
+                validate(cfg)
+            except HydraException as error:  # without Hydra's `+key` hint: a typo is not a key to add
+                lines = [line.strip() for line in str(error).splitlines() if line.strip()
+                         and not line.strip().startswith(("To append", "full_key", "object_type"))]
+                raise ValueError(" ".join(lines)) from None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     budgets = [b for b in args.budgets.split(",") if b]
     models = [m for m in args.models.split(",") if m]
-    for budget in budgets:
-        if not (PROJECT / "conf" / "experiment" / f"{budget}.yaml").exists():
-            sys.exit(f"error: no conf/experiment/{budget}.yaml (budgets are experiment configs)")
+    try:
+        check_arguments(args.seeds, budgets, models, args.overrides)
+    except ValueError as error:  # ConfigError included
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     root = args.sweep_dir or default_sweep_dir(args.overrides)
     # One multirun per budget (`<root>/<budget>/`): a budget may need its own form of an override.
     commands = [(root / budget, multirun_command(args.seeds, budget, models, args.overrides, root / budget))

@@ -5,8 +5,12 @@ of LS-GAN, a callback removed with `~callbacks.x`) is not checked. Unknown keys 
 struct mode already rejects `key=value` for a key the config does not have (add it with `+key=value`).
 """
 
+import difflib
+import math
+from pathlib import Path
 from typing import Any, Callable
 
+import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from retina_gans.data import SPLITS
@@ -42,8 +46,8 @@ def optional(rule: tuple[Callable[[Any], bool], str]) -> tuple[Callable[[Any], b
     return (lambda v: v is None or test(v)), f"null or {allowed}"
 
 
-POSITIVE = (lambda v: _number(v) and v > 0), "a number > 0"
-NON_NEGATIVE = (lambda v: _number(v) and v >= 0), "a number >= 0"
+POSITIVE = (lambda v: _number(v) and math.isfinite(v) and v > 0), "a number > 0"
+NON_NEGATIVE = (lambda v: _number(v) and math.isfinite(v) and v >= 0), "a number >= 0"
 BOOLEAN = (lambda v: isinstance(v, bool)), "true or false"
 INTEGER = (lambda v: _int(v)), "an integer"
 BETAS = (
@@ -53,6 +57,10 @@ BETAS = (
 FRACTION_OR_COUNT = (
     lambda v: (_int(v) and v >= 0) or (isinstance(v, float) and 0.0 <= v <= 1.0),
     "a fraction in [0.0, 1.0] or a number of batches >= 0",
+)
+TRAIN_FRACTION_OR_COUNT = (  # 0 would train nothing and still exit 0
+    lambda v: (_int(v) and v >= 1) or (isinstance(v, float) and 0.0 < v <= 1.0),
+    "a fraction in (0.0, 1.0] or a number of batches >= 1",
 )
 EXTRACTOR_NAMES = (
     lambda v: v == "auto" or (isinstance(v, (list, tuple)) and len(v) > 0 and all(e in EXTRACTORS for e in v)),
@@ -95,7 +103,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "trainer.check_val_every_n_epoch": optional(int_at_least(1)),
     "trainer.num_sanity_val_steps": int_at_least(-1),
     "trainer.log_every_n_steps": int_at_least(1),
-    "trainer.limit_train_batches": FRACTION_OR_COUNT,
+    "trainer.limit_train_batches": TRAIN_FRACTION_OR_COUNT,
     "trainer.limit_val_batches": FRACTION_OR_COUNT,
     "trainer.accelerator": one_of(*ACCELERATORS),
     "trainer.precision": one_of(*PRECISIONS),
@@ -120,8 +128,38 @@ def _plain(value: Any) -> Any:
     return OmegaConf.to_container(value, resolve=True) if isinstance(value, (DictConfig, ListConfig)) else value
 
 
+CONF = Path(__file__).resolve().parents[1] / "conf"
+
+
+def _variants() -> list[str]:
+    """The options of `model=`: conf/model/*.yaml, less the shared parts (`_dcgan`)."""
+    return sorted(p.stem for p in (CONF / "model").glob("*.yaml") if not p.stem.startswith("_"))
+
+
+def _top_level_keys() -> set[str]:
+    """Every top-level key a config file defines: conf/config.yaml, its groups, and the `_global_` patches."""
+    keys = {p.name for p in CONF.iterdir() if p.is_dir()}
+    for path in [CONF / "config.yaml", *(CONF / "experiment").glob("*.yaml"), *(CONF / "hparams_search").glob("*.yaml")]:
+        keys |= set(yaml.safe_load(path.read_text()) or {})
+    return keys - {"defaults"}
+
+
+def _check_choices(cfg: DictConfig) -> None:
+    """The model is a variant, and no top-level key was added that nothing reads (Hydra's own hint for a typo,
+    `+modle=wgan`, adds one and trains the default model)."""
+    if OmegaConf.select(cfg, "model") is not None and OmegaConf.select(cfg, "model._target_") is None:
+        raise ConfigError(f"the model config has no _target_ (model=_dcgan is the nets the variants share, not a "
+                          f"variant); choose model={', model='.join(_variants())}")
+    for key in set(cfg) - _top_level_keys():
+        value = _plain(OmegaConf.select(cfg, str(key), throw_on_missing=False))
+        near = difflib.get_close_matches(str(key), sorted(_top_level_keys()), n=1)
+        hint = f"; did you mean {near[0]}={value}?" if near else ""
+        raise ConfigError(f"unknown top-level key {key!r} (set with +{key}=...): nothing reads it{hint}")
+
+
 def validate(cfg: DictConfig) -> None:
     """Raise ConfigError on the first value outside its rule: "model.n_critic must be an integer >= 1 (...), got 0"."""
+    _check_choices(cfg)
     for key, (test, allowed) in RULES.items():
         sentinel = object()
         value = OmegaConf.select(cfg, key, default=sentinel, throw_on_missing=False)
@@ -131,7 +169,12 @@ def validate(cfg: DictConfig) -> None:
         if not test(value):
             why = f" ({WHY[key]})" if key in WHY else ""
             raise ConfigError(f"{key} must be {allowed}{why}, got {value!r}")
-    # Across fields: the one combination the model constructors reject (there it surfaces wrapped in Hydra's
+    # Across fields. -1 epochs means "until max_steps": without max_steps the run would never end.
+    if OmegaConf.select(cfg, "trainer.max_epochs", default=None) == -1 \
+            and OmegaConf.select(cfg, "trainer.max_steps", default=-1) == -1:
+        raise ConfigError("trainer.max_epochs=-1 needs trainer.max_steps >= 1 (else the run never ends); "
+                          "set trainer.max_epochs to a number of epochs")
+    # The one combination the model constructors reject (there it surfaces wrapped in Hydra's
     # InstantiationException, which is not a one-line error).
     if str(OmegaConf.select(cfg, "model._target_", default="")).endswith(".WGANGP") \
             and OmegaConf.select(cfg, "model.critic.batch_norm", default=False):

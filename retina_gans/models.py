@@ -161,15 +161,23 @@ class GAN(L.LightningModule):
 
     @staticmethod
     def from_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> "GAN":
-        """Rebuild the trained GAN from a training checkpoint alone (it carries the run's resolved config)."""
-        checkpoint = torch.load(path, map_location=map_location, weights_only=False)
-        if "run_config" not in checkpoint or "state_dict" not in checkpoint:
-            raise ValueError(f"{path} is not a retina-gans training checkpoint (no run_config/state_dict); "
-                             "pass a checkpoints/*.ckpt file written by retina_gans.train")
-        model_config = OmegaConf.create(checkpoint["run_config"]["model"])
+        """Rebuild the trained GAN from a training checkpoint alone (it carries the run's resolved config).
+
+        Weights-only loading (`read_checkpoint`): a checkpoint from anyone runs no code here; a missing, truncated
+        or foreign file raises a one-line CheckpointFileError. The stored config may only name our own classes.
+        """
+        from retina_gans.checkpointing import CheckpointFileError, check_targets, read_checkpoint
+
+        checkpoint = read_checkpoint(path, map_location=map_location, required=("state_dict", "run_config"))
+        model_config = OmegaConf.create(check_targets(checkpoint["run_config"]["model"], path))
         model_config.metrics.extractors = ["retina"]  # the nets do not depend on it; avoids a download attempt
+        model_config.compile = False  # sampling does not need a compiled net
         gan = hydra.utils.instantiate(model_config)
-        gan.load_state_dict(checkpoint["state_dict"])
+        try:
+            gan.load_state_dict(checkpoint["state_dict"])
+        except RuntimeError as error:  # shapes that do not match the stored config: a tampered file
+            raise CheckpointFileError(f"checkpoint {path}: its weights do not fit its own config "
+                                      f"({str(error).strip().splitlines()[0][:160]})") from None
         gan.run_config = checkpoint["run_config"]
         return gan.eval()
 

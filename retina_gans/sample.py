@@ -1,22 +1,31 @@
 """Write samples of a trained GAN as uint8 arrays in MedMNIST's layout, for any outside tool.
 
 `python -m retina_gans.sample ckpt_path=... n=1000 out=samples.npz` -> `images`: (N, H, W) for
-grayscale or (N, H, W, 3) for RGB, uint8, like MedMNIST's `*_images` arrays.
+grayscale or (N, H, W, 3) for RGB, uint8, like MedMNIST's `*_images` arrays. An existing `out` is kept unless
+`overwrite=true`; the data folder is never written to.
 """
 
 import logging
+import os
+import sys
+import tempfile
 from pathlib import Path
 
 import hydra
 import numpy as np
 import torch
 from hydra.utils import to_absolute_path
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
+from retina_gans.checkpointing import CheckpointFileError
 from retina_gans.models import GAN
 
 log = logging.getLogger(__name__)
+
+
+class SampleError(ValueError):
+    """A `sample` argument it cannot use; the message names the argument and the fix."""
 
 
 def generate_samples(gan: GAN, n: int, noise_seed: int, batch_size: int) -> Tensor:
@@ -31,19 +40,61 @@ def medmnist_layout(images: Tensor) -> np.ndarray:
     return array[..., 0] if array.shape[-1] == 1 else array
 
 
-def write_samples(ckpt_path: str, n: int, out: str, noise_seed: int, batch_size: int) -> Path:
-    if n < 1:
-        raise ValueError(f"n must be >= 1, got {n}")
-    gan = GAN.from_checkpoint(ckpt_path)
+def _data_folders(extra: list[str | None]) -> list[Path]:
+    """Where RetinaMNIST files live: $RETINA_GANS_DATA, ./data and the checkpoint's own data.root."""
+    folders = [os.environ.get("RETINA_GANS_DATA"), "data", *extra]
+    return [Path(f).resolve() for f in folders if f]
+
+
+def check_out(out: str | os.PathLike, overwrite: bool, data_roots: list[str | None] = ()) -> Path:
+    """The file `write_samples` will write, or a one-line SampleError: `out` must name a .npz file, outside the
+    data folder, that does not exist yet (unless overwrite)."""
     path = Path(out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(path, images=medmnist_layout(generate_samples(gan, n, noise_seed, batch_size)))
+    if path.is_dir():
+        raise SampleError(f"out={out} is a folder; name a file, e.g. out={path / 'samples.npz'}")
+    if path.suffix != ".npz":
+        raise SampleError(f"out={out} must end in .npz (numpy writes .npz archives), e.g. out={path.with_suffix('.npz')}")
+    if path.name.lower().startswith("retinamnist") or path.resolve().parent in _data_folders(list(data_roots)):
+        raise SampleError(f"out={out} is in the data folder or named like the dataset; write samples elsewhere")
+    if path.exists() and not overwrite:
+        raise SampleError(f"out={out} exists; add overwrite=true to replace it, or choose another out")
     return path
+
+
+def write_samples(ckpt_path: str, n: int, out: str, noise_seed: int, batch_size: int, overwrite: bool = False) -> Path:
+    """Sample `n` images and write them to `out` (atomically: a temporary file beside it, renamed when complete)."""
+    for name, value, low in (("n", n, 1), ("batch_size", batch_size, 1)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            raise SampleError(f"{name} must be an integer >= {low}, got {value!r}")
+    if not isinstance(noise_seed, int) or isinstance(noise_seed, bool):
+        raise SampleError(f"noise_seed must be an integer, got {noise_seed!r}")
+    check_out(out, overwrite)
+    gan = GAN.from_checkpoint(ckpt_path)
+    path = check_out(out, overwrite, [(gan.run_config.get("data") or {}).get("root")])
+    images = medmnist_layout(generate_samples(gan, n, noise_seed, batch_size))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez_compressed(f, images=images)  # a file object: numpy adds no suffix
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path.resolve()
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="sample")
 def main(cfg: DictConfig) -> None:
-    path = write_samples(to_absolute_path(cfg.ckpt_path), cfg.n, to_absolute_path(cfg.out), cfg.noise_seed, cfg.batch_size)
+    try:
+        if OmegaConf.is_missing(cfg, "ckpt_path") or not cfg.ckpt_path:
+            raise SampleError("ckpt_path is required: ckpt_path=<run>/checkpoints/last.ckpt")
+        path = write_samples(to_absolute_path(cfg.ckpt_path), cfg.n, to_absolute_path(str(cfg.out)), cfg.noise_seed,
+                             cfg.batch_size, cfg.overwrite)
+    except (SampleError, CheckpointFileError) as error:
+        log.error("error: %s", error)
+        sys.exit(2)
     log.info("wrote %d samples to %s", cfg.n, path)
 
 

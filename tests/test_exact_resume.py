@@ -131,7 +131,8 @@ def test_sigterm_saves_the_last_checkpoint_and_exits_143(synthetic_data_dir, tmp
     proc.send_signal(signal.SIGTERM)
     output = "".join(proc.communicate(timeout=300))
     assert proc.returncode == 143, output[-3000:]
-    assert "stopped by SIGTERM; resume with ckpt_path=" in output and "Traceback" not in output
+    assert "stopped by SIGTERM; resume with: python -m retina_gans.train " in output and "Traceback" not in output
+    assert f"ckpt_path={run_dir}/checkpoints/last.ckpt" in output
     # Usually saved again at the batch end where Lightning stopped (checked exactly in-process below); a signal
     # landing between that batch's checkpoint hook and Lightning's check stops it with the last save kept.
     assert _saved_batches(last) >= saved_before > 0

@@ -29,13 +29,26 @@ N_TRAIN = INFO["retinamnist"]["n_samples"]["train"]  # 1080
 RATIO_KEYS = ("images_per_s", "generator_steps_per_s", "images_per_cpu_s")
 
 
+def _int_at_least(low: int):
+    """An argparse type: an integer >= low, else argparse's one-line usage error (exit code 2)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {value}")
+        return value
+    return parse
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m retina_gans.bench", description=__doc__)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    p.add_argument("--batch-size", type=int, help="data.batch_size (default: experiment=blog's, 64)")
-    p.add_argument("--steps", type=int, help="timed batches per model and path (default: 5 epochs' worth)")
-    p.add_argument("--warmup", type=int, help="untimed batches first (default 5; compiled: an epoch + 5; tiny 2)")
-    p.add_argument("--repeats", type=int, help="windows per path, alternating Lightning and bare; the median "
+    p.add_argument("--batch-size", type=_int_at_least(1), help="data.batch_size (default: experiment=blog's, 64)")
+    p.add_argument("--steps", type=_int_at_least(1), help="timed batches per model and path (default: 5 epochs' worth)")
+    p.add_argument("--warmup", type=_int_at_least(0), help="untimed batches first (default 5; compiled: an epoch + 5; tiny 2)")
+    p.add_argument("--repeats", type=_int_at_least(1), help="windows per path, alternating Lightning and bare; the median "
                    "of each path is reported (default 5; tiny 1)")
     p.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
     p.add_argument("--compile", action="store_true", help="model.compile=true (the WGAN-GP critic stays eager)")
@@ -46,7 +59,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--extractors", nargs="+", choices=["retina", "inception"], default=["retina", "inception"])
     p.add_argument("--inception-weights", help="weights file, or 'random' (a random state dict: same cost); "
                    "default: torch-fidelity's file in torch hub's cache if there, else Inception is skipped")
-    p.add_argument("--val-samples", type=int, help=f"images per validation pass (default {N_TRAIN}; tiny 8)")
+    p.add_argument("--val-samples", type=_int_at_least(2), help=f"images per validation pass (default {N_TRAIN}; tiny 8)")
     p.add_argument("--full-run", action=argparse.BooleanOptionalAction, help="time one whole experiment=blog run of "
                    "the first model, setup and validations included (default: on; --tiny: off, extrapolated instead)")
     p.add_argument("overrides", nargs="*", help="Hydra overrides for both paths, e.g. model.critic.width=32")

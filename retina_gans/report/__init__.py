@@ -14,6 +14,7 @@ from importlib import metadata
 from pathlib import Path
 
 import pandas as pd
+from scipy.stats import t as scipy_t
 
 from retina_gans.compare import git_commit, machine
 from retina_gans.report import figures
@@ -49,14 +50,36 @@ def fmt(value: float | None) -> str:
     return f"{value:#.4g}"
 
 
-def fmt_summary(s: Summary | None, total: int) -> tuple[str, str]:
-    """('mean ± sd', '[low, high]') cells; n shown when not every seed contributed."""
+class ReportError(ValueError):
+    """The folder given is not one a report can be made of; the message says which to pass."""
+
+
+def _decimals(mean: float, sd: float) -> int:
+    """Decimals that show the sd with 2 significant digits, but no more than one past the mean's 4 significant ones
+    (`1.004 ± 7.7e-05` -> `1.0040 ± 0.0001`, `0.8706 ± 0.02129` -> `0.871 ± 0.021`)."""
+    sd_decimals = 1 - math.floor(math.log10(sd)) if sd > 0 else 0
+    mean_decimals = 3 - math.floor(math.log10(abs(mean))) if mean else 4
+    return max(0, min(sd_decimals, mean_decimals + 1))
+
+
+def fmt_summary(s: Summary | None, total: int, floor: float | None = None) -> tuple[str, str]:
+    """('mean ± sd', '[low, high]') cells, rounded to the sd; n shown when not every seed contributed. The interval is
+    cut at `floor` for quantities that cannot go below it (FID, memorization, times and counts 0; IS 1)."""
     if s is None:
         return "missing", "missing"
     of = "" if s.n == total else f" (n={s.n} of {total})"
     if s.n == 1:
         return f"{fmt(s.mean)}{of}", "n/a (1 seed)"
-    return f"{fmt(s.mean)} ± {fmt(s.sd)}{of}", f"[{fmt(s.low)}, {fmt(s.high)}]"
+    if not math.isfinite(s.sd) or s.sd == 0:
+        return f"{fmt(s.mean)} ± {fmt(s.sd)}{of}", f"[{fmt(s.low)}, {fmt(s.high)}]"
+    d = _decimals(s.mean, s.sd)
+    low = max(s.low, floor) if floor is not None else s.low
+    cut = "*" if floor is not None and s.low < floor else ""
+    return f"{s.mean:.{d}f} ± {s.sd:.{d}f}{of}", f"[{low:.{d}f}{cut}, {s.high:.{d}f}]"
+
+
+# Lowest possible value per metric short name (None: KID's unbiased estimate can be negative).
+FLOORS = {"fid": 0.0, "kid": None, "is": 1.0}
 
 
 def _slug(text: str) -> str:
@@ -100,8 +123,11 @@ def build_report(sweep_dir: str | Path, out_dir: str | Path | None = None) -> Pa
     """Write the report of the multirun in `sweep_dir` to `out_dir` (default `<sweep_dir>/report`); return it."""
     sweep_dir = Path(sweep_dir)
     out = Path(out_dir) if out_dir is not None else sweep_dir / "report"
-    out.mkdir(parents=True, exist_ok=True)
     sweep = load_sweep(sweep_dir)
+    if not sweep.runs:  # checked before anything is written
+        raise ReportError(f"{sweep_dir} holds no runs of a multirun (no job folders, no multirun.yaml); pass the "
+                          "folder compare or --multirun wrote, e.g. logs/compare/<time> or logs/train/multiruns/<time>")
+    out.mkdir(parents=True, exist_ok=True)
     extractors = _extractors(sweep.runs)
     table = run_rows(sweep, extractors)
     table.to_csv(out / "runs.csv", index=False)
@@ -115,7 +141,8 @@ def build_report(sweep_dir: str | Path, out_dir: str | Path | None = None) -> Pa
     if (table["status"] != COMPLETE).any():
         doc.p("**Partial report.** Only complete runs (trained to `trainer.max_epochs`, not diverged) enter the "
               "means, intervals and tests; the others are listed in *Runs* with their state and latest values.")
-    _how_to_read(doc)
+    _answer(doc, sweep)
+    _how_to_read(doc, sorted({sum(r.status == COMPLETE for r in rs) for rs in _by_model(sweep.runs).values()} - {0, 1}))
     _runs_section(doc, sweep, table)
     for section in dict.fromkeys(r.section for r in sweep.runs):
         _section(doc, section, [r for r in sweep.runs if r.section == section], extractors, out)
@@ -126,7 +153,42 @@ def build_report(sweep_dir: str | Path, out_dir: str | Path | None = None) -> Pa
     return out
 
 
-def _how_to_read(doc: Doc) -> None:
+def _answer(doc: Doc, sweep: Sweep) -> None:
+    """The answer in one sentence per budget: which model has the lowest final FID (retina), whether its lead
+    exceeds the seed spread, and the caveats."""
+    doc.h(2, "Answer")
+    sentences = []
+    for section in dict.fromkeys(r.section for r in sweep.runs):
+        complete = {m: [r.final("val/fid_retina") for r in rs if r.status == COMPLETE]
+                    for m, rs in _by_model([r for r in sweep.runs if r.section == section]).items()}
+        stats = {m: s for m, values in complete.items() if (s := summarize(values)) is not None}
+        if len(stats) < 2:
+            sentences.append(f"**{section}:** no answer yet: fewer than two models have a complete run with a final "
+                             "FID (retina).")
+            continue
+        best = min(stats, key=lambda m: stats[m].mean)
+        others = [m for m in stats if m != best]
+        tests = {(c.a, c.b): c for c in pairwise_welch(complete)}
+        leads = []
+        for other in others:
+            c = tests.get((best, other)) or tests.get((other, best))
+            if c is None:
+                leads.append(f"over {model_name(other)} not tested (fewer than 2 seeds)")
+            else:
+                verdict = "exceeds" if c.p_holm < 0.05 else "does not exceed"
+                leads.append(f"over {model_name(other)} {verdict} the seed spread (Holm p = {c.p_holm:.2g})")
+        seeds = sorted({s.n for s in stats.values()})
+        caveats = [f"{'-'.join(map(str, seeds))} seed{'s' if seeds[-1] > 1 else ''} per model (low power: *not "
+                   "shown* is not *equal*)", "FID in the retina classifier's features, not Inception's"]
+        if any(r.status != COMPLETE for r in sweep.runs if r.section == section):
+            caveats.append("some runs are not complete and are left out")
+        cells = ", ".join(f"{model_name(m)} {fmt_summary(stats[m], stats[m].n)[0]}" for m in [best, *others])
+        sentences.append(f"**{section}:** {model_name(best)} has the lowest final FID (retina) ({cells}); its lead "
+                         f"{'; '.join(leads)}. Caveats: {'; '.join(caveats)}.")
+    doc.p("\n\n".join(sentences))
+
+
+def _how_to_read(doc: Doc, seed_counts: list[int]) -> None:
     doc.h(2, "How to read this")
     doc.p("- **Extractors.** `retina`: features of a RetinaMNIST classifier (in-domain); `inception`: Inception-v3 "
           "(torch-fidelity's weights; *not measured* when a run had no access to them). FID and KID compare "
@@ -134,12 +196,22 @@ def _how_to_read(doc: Doc) -> None:
           "- **final** = the last validation of the run; **best** = the best value of that same metric over all "
           "validations (lowest FID/KID, highest IS). *best* is chosen on the evaluation itself, so it is optimistic.\n"
           "- **mean ± sd** over seeds (sample standard deviation), **95% CI** = Student's t-interval of the mean "
-          "(mean ± t(0.975, n-1) · sd / √n); with 3 seeds it is wide by construction (t = 4.30).\n"
+          "(mean ± t(0.975, n-1) · sd / √n); " + _t_note(seed_counts) + " Values are rounded to the sd (2 "
+          "significant digits); an interval marked * is cut at the lowest possible value (0 for FID, "
+          "memorization, steps and times; 1 for IS).\n"
           "- **memorization** = median distance of generated images to their nearest training image / the same for "
           "unseen test images; well below 1.0 means copying.\n"
           "- **The blog's numbers** are shown beside ours but are not comparable: one run each, presumably "
           "Inception-based, with an unknown protocol (sample count, reference set); `IS = 1.00` for every model "
           "and identical FIDs for two different models suggest an evaluation bug.")
+
+
+def _t_note(seed_counts: list[int]) -> str:
+    """`with 3 seeds it is wide by construction (t = 4.30).` for the seed counts this report has."""
+    if not seed_counts:
+        return "no model has 2 complete seeds here, so there are no intervals."
+    ts = " and ".join(f"{n} seeds t = {float(scipy_t.ppf(0.975, n - 1)):.2f}" for n in seed_counts)
+    return f"with few seeds it is wide by construction (with {ts})."
 
 
 def _runs_section(doc: Doc, sweep: Sweep, table: pd.DataFrame) -> None:
@@ -185,7 +257,7 @@ def _section(doc: Doc, section: str, runs: list[Run], extractors: list[str], out
         ok = complete[model]
         cells = [fmt_summary(summarize([r.final(k) for r in ok]), len(ok))[0]
                  for k in ("val/fid_retina", "val/kid_retina_mean", "val/is_retina", "val/memorization",
-                           "train/generator_steps", "train/critic_steps")]
+                           "train/generator_steps", "train/critic_steps")]  # mean ± sd only: no floor needed
         wall = fmt_summary(summarize([_minutes(r) for r in ok]), len(ok))[0]
         rows.append([model_name(model), f"{len(ok)} of {len(rs)}", *cells, wall])
     doc.table(header, rows)
@@ -202,16 +274,17 @@ def _section(doc: Doc, section: str, runs: list[Run], extractors: list[str], out
         for ext in extractors:
             for short, label, key, lower in METRICS:
                 key = key.format(ext=ext)
-                final = fmt_summary(summarize([r.final(key) for r in ok]), len(ok))
-                best = fmt_summary(summarize([b[0] if (b := r.best(key, lower)) else None for r in ok]), len(ok))
+                final = fmt_summary(summarize([r.final(key) for r in ok]), len(ok), FLOORS[short])
+                best = fmt_summary(summarize([b[0] if (b := r.best(key, lower)) else None for r in ok]), len(ok),
+                                   FLOORS[short])
                 if ext == "inception" and all(r.final(key) is None for r in rs):
                     final = best = ("not measured", "not measured")
                 blog = BLOG.get(model, {}).get(short) if ext == "inception" else None
                 rows.append([f"{label} ({ext})", *final, *best, f"{blog:.2f}" if blog is not None else ""])
         for label, key in (("memorization", "val/memorization"), ("generator steps", "train/generator_steps"),
                            ("critic steps", "train/critic_steps")):
-            rows.append([label, *fmt_summary(summarize([r.final(key) for r in ok]), len(ok)), "", "", ""])
-        rows.append(["wall time (min)", *fmt_summary(summarize([_minutes(r) for r in ok]), len(ok)), "", "", ""])
+            rows.append([label, *fmt_summary(summarize([r.final(key) for r in ok]), len(ok), 0.0), "", "", ""])
+        rows.append(["wall time (min)", *fmt_summary(summarize([_minutes(r) for r in ok]), len(ok), 0.0), "", "", ""])
         doc.table(header, rows)
 
     _pairwise(doc, complete, extractors)
@@ -273,10 +346,7 @@ def _figures(doc: Doc, section: str, by_model: dict[str, list[Run]], extractors:
                 panels.append((f"seed {run.seed}, best (epoch {int(epoch.group(1)) if epoch else '?'})",
                                figures.checkpoint_samples(run.best_checkpoint)))
                 if real is None:
-                    import torch
-
-                    real = figures.real_samples(torch.load(run.best_checkpoint, map_location="cpu",
-                                                           weights_only=False)["run_config"])
+                    real = figures.real_samples(run.best_checkpoint)
             except Exception as error:  # noqa: BLE001 - one unreadable checkpoint must not lose the report
                 notes.append(f"seed {run.seed}: {type(error).__name__}: {error}")
         if panels:

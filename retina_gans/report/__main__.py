@@ -4,7 +4,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from retina_gans.report import build_report
+from retina_gans.report import ReportError, build_report
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -12,9 +12,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("sweep_dir", type=Path, help="a multirun folder, e.g. logs/compare/<time>")
     parser.add_argument("--out", type=Path, default=None, help="default <sweep_dir>/report")
     args = parser.parse_args(argv)
-    if not args.sweep_dir.is_dir():
-        parser.error(f"{args.sweep_dir} is not a folder")
-    out = build_report(args.sweep_dir, args.out)
+    try:
+        if not args.sweep_dir.is_dir():
+            raise ReportError(f"{args.sweep_dir} is not a folder; pass a multirun folder, e.g. logs/compare/<time>")
+        out = build_report(args.sweep_dir, args.out)
+    except ReportError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     print(f"report: {out / 'report.md'} and {out / 'report.html'}")
     return 0
 

@@ -90,20 +90,19 @@ def _fixed_noise(run_config: dict, n: int) -> Tensor:
 
 
 def checkpoint_samples(checkpoint: Path, n: int = N_SAMPLES) -> Tensor:
-    """uint8 (n, C, H, W) from a checkpoint: the model rebuilt from its `run_config`, its generator's weights loaded."""
-    saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    config = OmegaConf.create(saved["run_config"])
-    config.model.compile = False  # sampling 16 images does not need a compiled net
-    model = hydra.utils.instantiate(config.model)
-    generator_state = {k.removeprefix("generator."): v for k, v in saved["state_dict"].items()
-                       if k.startswith("generator.")}
-    model.generator.load_state_dict(generator_state)  # only the generator: metric modules are built at fit time
-    return model.generate(_fixed_noise(saved["run_config"], n))
+    """uint8 (n, C, H, W) from a checkpoint: the model rebuilt from its `run_config` (weights-only loading)."""
+    from retina_gans.models import GAN
+
+    model = GAN.from_checkpoint(checkpoint)
+    return model.generate(_fixed_noise(model.run_config, n))
 
 
-def real_samples(run_config: dict, n: int = N_SAMPLES) -> Tensor:
-    """uint8 (n, C, H, W): the first n training images as the runs saw them (same size and channels)."""
-    config = OmegaConf.create(run_config)
+def real_samples(checkpoint: Path, n: int = N_SAMPLES) -> Tensor:
+    """uint8 (n, C, H, W): the first n training images as the checkpoint's run saw them (same size and channels)."""
+    from retina_gans.checkpointing import check_targets, read_checkpoint
+
+    run_config = read_checkpoint(checkpoint, required=("run_config",))["run_config"]
+    config = OmegaConf.create({**run_config, "data": check_targets(run_config["data"], checkpoint)})
     config.data.download = False
     datamodule = hydra.utils.instantiate(config.data)
     datamodule.prepare_data()

@@ -63,7 +63,7 @@ class Doc:
             if kind == "h":
                 out.append(f"<h{block[1]}>{_inline(block[2])}</h{block[1]}>")
             elif kind == "p":
-                out.append(f"<p>{_inline(block[1])}</p>")
+                out.append(_paragraph(block[1]))
             elif kind == "table":
                 head = "".join(f"<th>{_inline(str(h))}</th>" for h in block[1])
                 body = "".join("<tr>" + "".join(f"<td>{_inline(str(c))}</td>" for c in row) + "</tr>"
@@ -78,6 +78,30 @@ class Doc:
                            "</details>")
         out.append("</body></html>")
         return "\n".join(out) + "\n"
+
+
+def _paragraph(text: str) -> str:
+    """Paragraphs (split at blank lines); lines starting with `- ` become list items (two spaces deeper: nested)."""
+    out, depth = [], 0
+    for part in text.split("\n\n"):
+        lines = part.split("\n")
+        if not any(line.lstrip().startswith("- ") for line in lines):
+            out.append(f"<p>{_inline(part)}</p>")
+            continue
+        for line in lines:
+            item = line.lstrip()
+            if item.startswith("- "):
+                level = (len(line) - len(item)) // 2 + 1
+                out += ["<ul>"] * (level - depth) + ["</ul>"] * (depth - level)
+                depth = level
+                out.append(f"<li>{_inline(item[2:])}</li>")
+            elif item:
+                out += ["</ul>"] * depth
+                depth = 0
+                out.append(f"<p>{_inline(item)}</p>")
+        out += ["</ul>"] * depth
+        depth = 0
+    return "".join(out)
 
 
 def _inline(text: str) -> str:

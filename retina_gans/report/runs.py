@@ -193,8 +193,11 @@ def load_run(run_dir: Path, root: Path, group_keys: list[str]) -> Run:
         config_text = ""
     try:
         overrides = [str(o) for o in OmegaConf.load(run_dir / ".hydra" / "overrides.yaml")]
-    except Exception:  # noqa: BLE001
-        overrides = []
+    except Exception:  # noqa: BLE001 - a job refused before it wrote .hydra/: its sweep record has them
+        try:
+            overrides = [str(o) for o in json.loads((run_dir / STATUS_FILE).read_text()).get("overrides") or []]
+        except (OSError, ValueError, AttributeError):
+            overrides = []
     labels = {k: v[0] for k, v in _parse_overrides(overrides).items() if k in group_keys + ["seed"]}
     model = labels.get("model") or choices.get("model") or "?"
     section = ", ".join(labels.get(k) or choices.get(k) or "none" for k in _section_keys(group_keys))
