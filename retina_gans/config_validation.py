@@ -148,8 +148,8 @@ def _check_choices(cfg: DictConfig) -> None:
     """The model is a variant, and no top-level key was added that nothing reads (Hydra's own hint for a typo,
     `+modle=wgan`, adds one and trains the default model)."""
     if OmegaConf.select(cfg, "model") is not None and OmegaConf.select(cfg, "model._target_") is None:
-        raise ConfigError(f"the model config has no _target_ (model=_dcgan is the nets the variants share, not a "
-                          f"variant); choose model={', model='.join(_variants())}")
+        raise ConfigError(f"the model config has no _target_: not a variant (model=_dcgan holds the nets the variants "
+                          f"share); choose model={', model='.join(_variants())}")
     for key in set(cfg) - _top_level_keys():
         value = _plain(OmegaConf.select(cfg, str(key), throw_on_missing=False))
         near = difflib.get_close_matches(str(key), sorted(_top_level_keys()), n=1)
