@@ -237,8 +237,8 @@ def claim_run_folder(cfg: DictConfig) -> Iterator[Path]:
 def _save_hydra_config(run_dir: Path, cfg: DictConfig) -> None:
     """`.hydra/` as Hydra writes it (config, hydra, overrides), written by the run once its checks passed, so a
     refused run never overwrites the folder's own (conf/hydra/default.yaml sets `output_subdir: null`)."""
-    if not HydraConfig.initialized() or HydraConfig.get().output_subdir is not None:
-        return
+    if not HydraConfig.initialized() or HydraConfig.get().output_subdir is not None or not _first_process():
+        return  # DDP's other ranks: Lightning starts them with output_subdir=null too, and rank 0 writes
     hydra_cfg = HydraConfig.instance().cfg  # {"hydra": ...}
     folder = run_dir / ".hydra"
     folder.mkdir(exist_ok=True)

@@ -226,3 +226,63 @@ def test_bench_refuses_counts_it_would_ignore(argv, capsys):
     with pytest.raises(SystemExit) as raised:
         bench_args(argv)
     assert raised.value.code == 2 and "must be an integer >=" in capsys.readouterr().err
+
+
+# ---- the README's commands, as written ----------------------------------------------------------------
+
+def _readme_commands() -> list[tuple[str, list[str]]]:
+    """(module, arguments) of every `python -m retina_gans.<module>` / `make compare|bench ARGS=...` in the README:
+    the lines of its bash blocks and its inline commands."""
+    import re
+    import shlex
+
+    text = (PROJECT / "README.md").read_text()
+    lines = [line.split(" #")[0].strip() for block in re.findall(r"```bash\n(.*?)```", text, re.S)
+             for line in block.replace("\\\n", " ").splitlines()]
+    lines += re.findall(r"`((?:RETINA_GANS_DATA=\S+ )?python -m retina_gans\.[^`]*)`", text)
+    commands = []
+    for line in lines:
+        words = shlex.split(re.sub(r"<[^>]+>", "PLACEHOLDER", line))  # <run>, <time>: what the reader fills in
+        if words[:1] == ["make"] and words[1:2] in (["compare"], ["bench"]):
+            args = shlex.split(words[2].split("=", 1)[1]) if len(words) > 2 else []
+            commands.append((words[1], args))
+        elif "-m" in words and words[words.index("-m") + 1].startswith("retina_gans."):
+            i = words.index("-m")
+            commands.append((words[i + 1].removeprefix("retina_gans."), words[i + 2:]))
+    return commands
+
+
+def _first_of_sweeps(args: list[str]) -> list[str]:
+    """`model=lsgan,wgan` -> `model=lsgan`; options and `--cfg job` dropped: one job of the command's sweep."""
+    out = []
+    for arg in args:
+        if arg in ("--multirun", "--cfg", "job"):
+            continue
+        key, _, value = arg.partition("=")
+        out.append(f"{key}={value.split(',')[0]}" if "," in value and value[:1] not in "[{'\"" else arg)
+    return out
+
+
+def test_every_readme_command_composes_and_passes_its_checks(monkeypatch):
+    """Each command of the README as written (placeholders such as <run> left in): its config composes and passes
+    the entry point's checks, short of running (training, sampling and the report need files)."""
+    from hydra import compose, initialize_config_dir
+
+    from retina_gans.config_validation import validate
+    from tests.conftest import CONF_DIR
+
+    monkeypatch.setattr(compare.subprocess, "run", lambda *a, **k: pytest.fail("a job was started"))
+    seen = set()
+    for module, args in _readme_commands():
+        seen.add(module)
+        if module in ("train", "evaluate", "sample"):
+            with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+                cfg = compose({"train": "config"}.get(module, module), overrides=_first_of_sweeps(args))
+            if module == "train":
+                validate(cfg)
+        elif module == "compare":
+            parsed = compare.parse_args(args)
+            compare.check_arguments(parsed.seeds, parsed.budgets.split(","), parsed.models.split(","), parsed.overrides)
+        elif module == "bench":
+            bench_args(args)
+    assert {"train", "evaluate", "sample", "compare", "bench", "report"} <= seen
