@@ -111,8 +111,14 @@ def _config_differences(saved: dict[str, Any], cfg: DictConfig) -> list[tuple[st
     """(key, checkpoint's value, this run's value) for every setting a resume may not change."""
     ours = _flatten(OmegaConf.to_container(cfg, resolve=True))
     theirs = _flatten(saved)
+
+    def copied(key: str) -> bool:  # `model.generator.channels: ${data.channels}`: the source key is listed instead
+        parent, _, leaf = key.rpartition(".")
+        node = OmegaConf.select(cfg, parent) if parent else cfg
+        return isinstance(node, DictConfig) and leaf in node and OmegaConf.is_interpolation(node, leaf)
+
     return [(k, theirs[k], ours[k]) for k in sorted(theirs.keys() & ours.keys())
-            if theirs[k] != ours[k] and not k.startswith(RESUME_MAY_CHANGE)]
+            if theirs[k] != ours[k] and not k.startswith(RESUME_MAY_CHANGE) and not copied(k)]
 
 
 def _variant_option(target: str) -> str | None:
