@@ -72,7 +72,10 @@ class DivergenceGuard(L.Callback):
         if not outputs:
             return
         names = list(outputs)
-        flags = torch.stack([~torch.isfinite(outputs[k]).all() for k in names])  # (len(names),) bool, on device
+        # A NaN or Inf anywhere in a value makes its sum non-finite (a sum of finite images cannot overflow): one
+        # reduction per image batch and one isfinite for all, not an isfinite + all per value (0.6 ms a batch on CPU).
+        sums = [v if v.dim() == 0 else v.sum() for v in (outputs[k] for k in names)]
+        flags = ~torch.isfinite(torch.stack([v.float() for v in sums]))  # (len(names),) bool, on device
         self._pending.append((gan.critic_steps, names, flags))
         if self.action == "skip" or len(self._pending) >= self.check_every_n_steps:
             self.check_pending(trainer)

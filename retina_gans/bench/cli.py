@@ -120,6 +120,20 @@ def median_window(windows: list[dict[str, Any]]) -> dict[str, Any]:
     return sorted(windows, key=lambda w: w["images_per_s"])[(len(windows) - 1) // 2]
 
 
+def overhead(pairs: list[tuple[dict[str, Any], dict[str, Any]]]) -> dict[str, float]:
+    """The Lightning path's fixed cost per batch in ms, median over the back-to-back pairs: in step (its measured
+    batch time, hooks included, minus the bare loop's measured batch time), between steps (measured: loop, data
+    fetch, logging, epoch ends), checkpoint writes in the window (measured), and one save's cost."""
+    saves = [s for lightning, _ in pairs for s in lightning["save_s"]]
+    return {
+        "in_step_ms": 1e3 * statistics.median(l["in_batch_s_per_batch"] - b["s_per_batch"] for l, b in pairs),
+        "between_steps_ms": 1e3 * statistics.median(l["between_s_per_batch"] for l, _ in pairs),
+        "checkpoint_ms": 1e3 * statistics.median(l["checkpoint_s_per_batch"] for l, _ in pairs),
+        "checkpoints_per_window": statistics.median(l["checkpoints_in_window"] for l, _ in pairs),
+        "one_save_ms": 1e3 * statistics.median(saves) if saves else math.nan,
+    }
+
+
 def print_table(report: dict[str, Any]) -> None:
     s = report["settings"]
     print(f"\nretina-gans bench: {s['device']}, precision {s['precision']}, compile {s['compile']}, "
@@ -131,6 +145,10 @@ def print_table(report: dict[str, Any]) -> None:
                   f"{r[path]['s_per_batch']:>10.4f}")
         print(f"{model:<9}{'ratio':<11}{r['ratio']['images_per_s']:>10.3f}{r['ratio']['generator_steps_per_s']:>13.3f}"
               f"   per repeat: {' '.join(f'{x:.3f}' for x in r['ratio_per_repeat'])}")
+        o = r["overhead"]
+        print(f"{model:<9}{'overhead':<11}ms/batch: in step {o['in_step_ms']:.2f}, between steps "
+              f"{o['between_steps_ms']:.2f}, checkpoints {o['checkpoint_ms']:.2f} ({o['checkpoints_per_window']:g} "
+              f"per window, {o['one_save_ms']:.0f} ms each)")
     for name, v in report["validation"].items():
         if "skipped" in v:
             print(f"validation {name}: skipped ({v['skipped']})")
@@ -181,11 +199,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "training": {}, "validation": {}, "memory_by_phase": {},
     }
     memory(device)
+    window_epochs = math.ceil((warmup + steps) / batches_per_epoch) + 1  # StepWindow stops the fit before that
     for model in args.models:
         windows: dict[str, list[dict[str, Any]]] = {"lightning": [], "bare": []}
         for repeat in range(repeats):  # alternating, so a slow spell of a shared machine hits both paths
             # the training window runs validation with the retina extractor only: no download, timed separately
-            run_cfg = compose_config([f"model={model}", "trainer.max_epochs=-1", "metrics.extractors=[retina]",
+            run_cfg = compose_config([f"model={model}", f"trainer.max_epochs={window_epochs}", "metrics.extractors=[retina]",
                                       *overrides], run_dir / model / str(repeat))
             windows["lightning"].append(bench_lightning(run_cfg, warmup, steps))
             report["memory_by_phase"][f"{model}/lightning/{repeat}"] = memory(device)  # each call resets the peak
@@ -198,7 +217,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         report["training"][model] = {
             "lightning": median_window(windows["lightning"]), "bare": median_window(windows["bare"]),
             "ratio": {k: statistics.median(v) for k, v in per_repeat.items()},
-            "ratio_per_repeat": per_repeat["images_per_s"], "repeats": windows,
+            "ratio_per_repeat": per_repeat["images_per_s"], "overhead": overhead(pairs), "repeats": windows,
         }
 
     n_val = args.val_samples or (8 if args.tiny else N_TRAIN)

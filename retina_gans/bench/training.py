@@ -15,11 +15,9 @@ import hydra
 import lightning as L
 import torch
 from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, open_dict
 
-from retina_gans import losses
 from retina_gans.data import ensure_data_file, load_split
-from retina_gans.models import LSGAN, WGAN, WGANGP
 from retina_gans.pixels import to_model_range
 from retina_gans.train import build_for_fit, train
 
@@ -50,7 +48,25 @@ class StepWindow(L.Callback):
         self.warmup, self.steps = warmup, steps
         self.batches = self.images = self.generator_steps = 0
         self.start = self.end = None
-        self.in_batch_s = self.validation_s = self.validation_cpu_s = 0.0
+        self.in_batch_s = self.validation_s = self.validation_cpu_s = self.checkpoint_s = 0.0
+        self.checkpoints = 0
+        self.save_s: list[float] = []  # every training-time save of the fit, in the window or not
+        self._validating = False
+        self._saved_in_batch = 0.0
+
+    def timed(self, save: Any) -> Any:
+        """`trainer.save_checkpoint`, timed: saves during training (not the best checkpoint after a validation,
+        which is inside the subtracted validation time) count as checkpoint time when they fall in the window."""
+        def timed_save(*args: Any, **kwargs: Any) -> None:
+            start = time.perf_counter()
+            save(*args, **kwargs)
+            if not self._validating:
+                self.save_s.append(time.perf_counter() - start)
+                self._saved_in_batch += self.save_s[-1]  # a mid-epoch save inside on_train_batch_end
+                if self.start is not None and self.end is None:
+                    self.checkpoint_s += self.save_s[-1]
+                    self.checkpoints += 1
+        return timed_save
 
     def _now(self, gan: L.LightningModule) -> float:
         _sync(gan.device)
@@ -60,14 +76,15 @@ class StepWindow(L.Callback):
         if self.batches == self.warmup:
             self.start, self._generator_steps = self._now(gan), gan.generator_steps
             self._cpu_start = time.process_time()
-        self._batch_start = time.perf_counter()
+        self._batch_start, self._saved_in_batch = time.perf_counter(), 0.0
 
     def on_train_batch_end(self, trainer: L.Trainer, gan: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         self.batches += 1
         if self.start is None:
             return
         self.images += batch.shape[0]
-        self.in_batch_s += time.perf_counter() - self._batch_start  # host time only: asynchronous on a GPU
+        # host time only (asynchronous on a GPU); a save inside the batch's end hooks counts as checkpoint time
+        self.in_batch_s += time.perf_counter() - self._batch_start - self._saved_in_batch
         if self.batches == self.warmup + self.steps:
             self.end = self._now(gan)
             self.cpu_s = time.process_time() - self._cpu_start
@@ -76,8 +93,10 @@ class StepWindow(L.Callback):
 
     def on_validation_start(self, trainer: L.Trainer, gan: Any) -> None:
         self._validation_start, self._validation_cpu_start = self._now(gan), time.process_time()
+        self._validating = True
 
     def on_validation_end(self, trainer: L.Trainer, gan: Any) -> None:
+        self._validating = False
         if self.start is not None and self.end is None:
             self.validation_s += self._now(gan) - self._validation_start
             self.validation_cpu_s += time.process_time() - self._validation_cpu_start
@@ -97,13 +116,20 @@ def bench_lightning(cfg: DictConfig, warmup: int, steps: int) -> dict[str, Any]:
     datamodule, gan, trainer = build_for_fit(cfg)
     window = StepWindow(warmup, steps)
     trainer.callbacks.append(window)
+    trainer.save_checkpoint = window.timed(trainer.save_checkpoint)  # what every checkpoint callback calls
     trainer.fit(gan, datamodule=datamodule)
     if window.end is None:
         raise RuntimeError(f"the fit stopped after {window.batches} batches, before the window's {warmup + steps}")
     seconds = window.end - window.start - window.validation_s
     result = _rates(window.images, window.generator_steps, steps, seconds, window.cpu_s - window.validation_cpu_s)
-    # between batches: data fetch, loop, logger writes at log_every_n_steps, epoch ends (checkpoint, sample grid)
-    result |= {"in_batch_s": window.in_batch_s, "between_batches_s": seconds - window.in_batch_s,
+    # in batch: on_train_batch_start .. on_train_batch_end (training_step and the batch hooks); between batches:
+    # data fetch, loop, logger writes at log_every_n_steps, epoch ends (sample grid, epoch metrics), checkpoints
+    # apart (timed around trainer.save_checkpoint). All measured; the bare loop's s/batch is all "in batch".
+    between = seconds - window.in_batch_s - window.checkpoint_s
+    result |= {"in_batch_s": window.in_batch_s, "between_batches_s": between, "checkpoint_s": window.checkpoint_s,
+               "checkpoints_in_window": window.checkpoints, "save_s": window.save_s,
+               "in_batch_s_per_batch": window.in_batch_s / steps, "between_s_per_batch": between / steps,
+               "checkpoint_s_per_batch": window.checkpoint_s / steps,
                "validation_in_window_s": window.validation_s, "device": str(gan.device)}
     return result
 
@@ -115,33 +141,19 @@ def train_images(cfg: DictConfig, device: torch.device) -> torch.Tensor:
 
 
 def bench_bare(cfg: DictConfig, warmup: int, steps: int, device: torch.device) -> dict[str, Any]:
-    """A plain PyTorch loop: the same nets, optimizers, losses, batch size, n_critic, precision and compile."""
+    """A plain PyTorch loop: the same nets, optimizers, batch size, n_critic, precision and compile, and the very
+    loss and constraint code of the Lightning path (the configured GAN's own `critic_loss`, `generator_loss` and
+    `constrain_critic`, called without a Trainer: no hooks, logging, checkpoints or optimizer wrappers)."""
     L.seed_everything(cfg.seed, verbose=False)
-    m = OmegaConf.to_container(cfg.model, resolve=True)  # plain dict: OmegaConf access is slow in a hot loop
-    gan_class = hydra.utils.get_class(m["_target_"])
-    generator = hydra.utils.instantiate(cfg.model.generator).to(device)
-    critic = hydra.utils.instantiate(cfg.model.critic).to(device)
-    if m["compile"]:
-        generator.compile()
-        if gan_class.critic_compilable:
-            critic.compile()
+    gan = hydra.utils.instantiate(cfg.model).to(device)  # nets built (and compiled) as the Lightning path builds them
+    generator, critic = gan.generator, gan.critic
     critic_opt = hydra.utils.instantiate(cfg.model.critic_optimizer)(critic.parameters())
     generator_opt = hydra.utils.instantiate(cfg.model.generator_optimizer)(generator.parameters())
     dtype = AUTOCAST_DTYPES[cfg.trainer.precision]
+    # Under 16-mixed the gradient penalty reads the Trainer's loss scale; here, without a Trainer, it uses 1.0
+    # (the same work; float16 needs CUDA).
     scaler = torch.amp.GradScaler(device.type, enabled=dtype is torch.float16)
-
-    def critic_loss(real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
-        real_scores, fake_scores = critic(real), critic(fake)
-        if issubclass(gan_class, LSGAN):
-            return losses.least_squares_critic(real_scores, fake_scores)
-        loss = losses.wasserstein_critic(real_scores, fake_scores)
-        if issubclass(gan_class, WGANGP):  # get_scale() syncs under 16-mixed, as in the model
-            loss = loss + m["gp_weight"] * losses.gradient_penalty(critic, real, fake, scaler.get_scale())
-        return loss
-
-    generator_loss = losses.least_squares_generator if issubclass(gan_class, LSGAN) else losses.wasserstein_generator
-    clip = m["clip_value"] if issubclass(gan_class, WGAN) else None
-    latent_dim, n_critic = m["latent_dim"], m["n_critic"]
+    latent_dim, n_critic = gan.latent_dim, gan.n_critic
 
     def step(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
         optimizer.zero_grad(set_to_none=True)
@@ -164,17 +176,14 @@ def bench_bare(cfg: DictConfig, warmup: int, steps: int, device: torch.device) -
             with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
                 with torch.no_grad():
                     fake = generator(torch.randn(real.shape[0], latent_dim, device=device))
-                loss = critic_loss(real, fake)
+                loss, _ = gan.critic_loss(real, fake)
             step(critic_opt, loss)
-            if clip is not None:
-                with torch.no_grad():
-                    for p in critic.parameters():
-                        p.clamp_(-clip, clip)
+            gan.constrain_critic()
             critic_steps += 1
             if critic_steps % n_critic == 0:
-                critic.requires_grad_(False)  # what Lightning's toggled_optimizer does: no critic weight grads
+                critic.requires_grad_(False)  # what the Lightning path does: no critic weight gradients
                 with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-                    loss = generator_loss(critic(generator(torch.randn(real.shape[0], latent_dim, device=device))))
+                    loss = gan.generator_loss(generator(torch.randn(real.shape[0], latent_dim, device=device)))
                 step(generator_opt, loss)
                 critic.requires_grad_(True)
                 generator_steps += 1
