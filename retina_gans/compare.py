@@ -192,7 +192,7 @@ def check_arguments(seeds: int, budgets: list[str], models: list[str], overrides
     from hydra import compose, initialize_config_dir  # the job's own checks, on each job's config
     from hydra.errors import HydraException
 
-    from retina_gans.config_validation import validate
+    from retina_gans.config_validation import check_run_ends, validate
 
     job_overrides = [o for o in overrides if not _key(o).startswith("hydra")]
     for budget in budgets:
@@ -202,6 +202,7 @@ def check_arguments(seeds: int, budgets: list[str], models: list[str], overrides
                     cfg = compose("config", overrides=[f"experiment={budget}", f"model={model}", "seed=0",
                                                        *budget_overrides(budget, job_overrides)])
                 validate(cfg)
+                check_run_ends(cfg)
             except HydraException as error:  # without Hydra's `+key` hint: a typo is not a key to add
                 lines = [line.strip() for line in str(error).splitlines() if line.strip()
                          and not line.strip().startswith(("To append", "full_key", "object_type"))]

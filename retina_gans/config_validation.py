@@ -157,6 +157,15 @@ def _check_choices(cfg: DictConfig) -> None:
         raise ConfigError(f"unknown top-level key {key!r} (set with +{key}=...): nothing reads it{hint}")
 
 
+def check_run_ends(cfg: DictConfig) -> None:
+    """A training run must end: -1 epochs means "until max_steps", so it needs max_steps. (Not part of `validate`:
+    the benchmark's fits run with -1 epochs and are stopped by their own callback.)"""
+    if OmegaConf.select(cfg, "trainer.max_epochs", default=None) == -1 \
+            and OmegaConf.select(cfg, "trainer.max_steps", default=-1) == -1:
+        raise ConfigError("trainer.max_epochs=-1 needs trainer.max_steps >= 1 (else the run never ends); "
+                          "set trainer.max_epochs to a number of epochs")
+
+
 def validate(cfg: DictConfig) -> None:
     """Raise ConfigError on the first value outside its rule: "model.n_critic must be an integer >= 1 (...), got 0"."""
     _check_choices(cfg)
@@ -169,12 +178,7 @@ def validate(cfg: DictConfig) -> None:
         if not test(value):
             why = f" ({WHY[key]})" if key in WHY else ""
             raise ConfigError(f"{key} must be {allowed}{why}, got {value!r}")
-    # Across fields. -1 epochs means "until max_steps": without max_steps the run would never end.
-    if OmegaConf.select(cfg, "trainer.max_epochs", default=None) == -1 \
-            and OmegaConf.select(cfg, "trainer.max_steps", default=-1) == -1:
-        raise ConfigError("trainer.max_epochs=-1 needs trainer.max_steps >= 1 (else the run never ends); "
-                          "set trainer.max_epochs to a number of epochs")
-    # The one combination the model constructors reject (there it surfaces wrapped in Hydra's
+    # Across fields: the one combination the model constructors reject (there it surfaces wrapped in Hydra's
     # InstantiationException, which is not a one-line error).
     if str(OmegaConf.select(cfg, "model._target_", default="")).endswith(".WGANGP") \
             and OmegaConf.select(cfg, "model.critic.batch_norm", default=False):

@@ -27,7 +27,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from retina_gans.checkpointing import CheckpointFileError, completed_epochs, read_checkpoint, temporary_files
-from retina_gans.config_validation import ConfigError, validate
+from retina_gans.config_validation import ConfigError, check_run_ends, validate
 from retina_gans.data import DataFileError
 from retina_gans.divergence import DivergenceError
 
@@ -300,6 +300,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     Every check comes before anything of the run is written: the config, the checkpoint to resume (readable,
     ours, and this config able to continue it), and the run folder (free, writable, room for checkpoints)."""
     validate(cfg)
+    check_run_ends(cfg)
     if cfg.get("ckpt_path"):  # a truncated or foreign checkpoint fails here, before anything is built or written
         checkpoint = read_checkpoint(cfg.ckpt_path)
         check_resume(checkpoint, cfg)
