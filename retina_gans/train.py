@@ -23,6 +23,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
@@ -98,6 +99,7 @@ def build_for_fit(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningMo
     return datamodule, model, trainer
 
 
+@rank_zero_only  # as Lightning's log_hyperparams: other ranks' loggers have no writer
 def _hparams_session(logger: TensorBoardLogger, params: dict[str, Any]) -> None:
     """TensorBoard's HPARAMS tab needs a session summary naming the metrics; Lightning writes one only when given
     metric values at the start (which would put a fake point on every curve), so it is written here without."""
@@ -318,6 +320,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         datamodule, model, trainer = build_for_fit(cfg)
         try:
             trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        except SIGTERMException:  # a SystemExit too; `main` says how to resume
+            raise
         except SystemExit:  # Lightning's answer to Ctrl-C: it stops the fit, then calls sys.exit(1)
             if trainer.interrupted:
                 log.error("interrupted (Ctrl-C); last.ckpt keeps the last completed save; resume with: %s",
