@@ -8,7 +8,7 @@ RETINA_GANS_DATA ?= $(if $(wildcard ../shared/data/retinamnist.npz),$(abspath ..
 export RETINA_GANS_DATA
 ARGS ?=
 
-.PHONY: setup train test bench compare tensorboard clean
+.PHONY: setup train test bench compare validity tensorboard clean
 
 setup: $(VENV)/.installed
 
@@ -29,6 +29,9 @@ bench: setup
 
 compare: setup
 	$(PY) -m retina_gans.compare $(ARGS)
+
+validity: setup
+	$(PY) -m retina_gans.metrics.validity $(ARGS)
 
 tensorboard: setup
 	$(VENV)/bin/tensorboard --logdir logs

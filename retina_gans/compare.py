@@ -108,19 +108,19 @@ class JobProgress(Callback):
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
         minutes = (time.time() - self.started) / 60
         if job_return.status == JobStatus.COMPLETED:
-            outcome = "finished" + _final_fid(Path(config.hydra.runtime.output_dir))
+            outcome = "finished" + _final_fid(Path(config.hydra.runtime.output_dir), f"val/{config.metrics.main}")
         else:
             error = job_return._return_value  # the exception; `return_value` would re-raise it
             outcome = f"FAILED ({type(error).__name__}: {str(error).strip().splitlines()[0] if str(error) else ''})"
         print(f"[compare] {self._describe(config)} {outcome}, {minutes:.1f} min", flush=True)
 
 
-def _final_fid(run_dir: Path) -> str:
-    """`: val/fid_retina 123.4 at epoch 49` (the last one in the run's metrics.csv), or nothing."""
+def _final_fid(run_dir: Path, key: str = "val/fid_retina_v2") -> str:
+    """`: val/fid_retina_v2 1.234 at epoch 49` (the main metric's last value in the run's metrics.csv), or nothing."""
     try:
         with open(run_dir / "metrics.csv") as f:
-            rows = [r for r in csv.DictReader(f) if r.get("val/fid_retina")]
-        return f": val/fid_retina {float(rows[-1]['val/fid_retina']):.2f} at epoch {rows[-1]['epoch']}"
+            rows = [r for r in csv.DictReader(f) if r.get(key)]
+        return f": {key} {float(rows[-1][key]):.4g} at epoch {rows[-1]['epoch']}"
     except (OSError, IndexError, KeyError, ValueError):
         return ""
 

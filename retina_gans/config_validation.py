@@ -66,6 +66,8 @@ EXTRACTOR_NAMES = (
     lambda v: v == "auto" or (isinstance(v, (list, tuple)) and len(v) > 0 and all(e in EXTRACTORS for e in v)),
     f"'auto' or a non-empty list drawn from {list(EXTRACTORS)}",
 )
+MAIN_METRIC_CHOICES = [f"fid_{e}" for e in EXTRACTORS] + [f"kid_{e}_mean" for e in EXTRACTORS] + ["spectral_distance"]
+MAIN_METRIC = (lambda v: v in MAIN_METRIC_CHOICES, f"one of {MAIN_METRIC_CHOICES} (a lower-is-better distance)")
 DEVICES = (
     lambda v: v == "auto" or (_int(v) and (v >= 1 or v == -1)) or isinstance(v, (list, tuple)),
     "'auto', -1, an integer >= 1 or a list of device indices",
@@ -98,6 +100,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "model.critic_optimizer.betas": BETAS,
     "metrics.extractors": EXTRACTOR_NAMES,
     "metrics.noise_seed": INTEGER,
+    "metrics.main": MAIN_METRIC,
     "trainer.max_epochs": ((lambda v: _int(v) and (v >= 1 or v == -1)), "an integer >= 1 (or -1 with trainer.max_steps)"),
     "trainer.max_steps": ((lambda v: _int(v) and (v >= 1 or v == -1)), "-1 (no limit) or an integer >= 1"),
     "trainer.check_val_every_n_epoch": optional(int_at_least(1)),

@@ -35,7 +35,8 @@ from retina_gans.divergence import DivergenceError
 log = logging.getLogger(__name__)
 
 # The metrics TensorBoard's HPARAMS tab shows beside each run's config.
-HPARAM_METRICS = ("val/fid_retina", "val/kid_retina_mean", "val/is_retina", "val/memorization",
+HPARAM_METRICS = ("val/fid_retina_v2", "val/kid_retina_v2_mean", "val/precision_retina_v2", "val/recall_retina_v2",
+                  "val/spectral_distance", "val/is_retina", "val/memorization",
                   "train/generator_loss_epoch", "train/critic_loss_epoch")
 # What a resumed run may set differently from the run it resumes; each is applied on resume and recorded. Anything
 # else is refused: the restored optimizer state would silently keep the old lr and betas and the restored RNG state
@@ -315,7 +316,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     with claim_run_folder(cfg) as run_dir, _quiet_console():
         _save_hydra_config(run_dir, cfg)
         if cfg.metrics.extractors == "auto" and not torch.cuda.is_available():
-            log.info("validation metrics: retina extractor only (metrics.extractors=auto leaves Inception out "
+            log.info("validation metrics: retina_v2 and retina extractors (metrics.extractors=auto leaves Inception out "
                      "without a GPU; name it to use it)")
         datamodule, model, trainer = build_for_fit(cfg)
         try:

@@ -4,6 +4,8 @@ from pathlib import Path
 
 import pytest
 
+from retina_gans.metrics import METRICS
+
 from retina_gans.bench import main
 from retina_gans.bench.cli import median_window
 from retina_gans.bench.training import MODELS
@@ -48,12 +50,16 @@ def test_bench_tiny_times_both_paths_and_their_ratio(tiny_report, model):
 @pytest.mark.slow
 def test_bench_tiny_reports_validation_run_machine_and_memory(tiny_report):
     report = tiny_report[0]
-    for name in ("retina", "inception"):
+    for name, extractors in (("retina_v2+retina", ("retina_v2", "retina")), ("inception", ("inception",))):
         v = report["validation"][name]
-        assert v["n_samples"] == 8
+        assert v["n_samples"] == 8 and v["extractors"] == list(extractors)
         assert all(positive(v[k]) for k in ("real_features_once_s", "first_pass_s", "pass_s"))
-        assert all(positive(s) for s in v["pass_breakdown_s"].values())
-        assert {f"fid_{name}", f"kid_{name}_mean", f"is_{name}", "memorization"} <= set(v["metrics_computed"])
+        assert {k for k in v["pass_breakdown_s"] if k.startswith("metric/")} == {
+            f"metric/{m}" for m, spec in METRICS.items() if spec.every_validation}
+        for ext in extractors:  # every per-validation metric of the registry, per extractor where it reads one
+            assert {f"fid_{ext}", f"kid_{ext}_mean", f"precision_{ext}", "spectral_distance", "memorization",
+                    "copy_fraction"} <= set(v["metrics_computed"])
+        assert ("is_retina" in v["metrics_computed"]) == ("retina" in extractors)
     assert report["blog_run"]["measured"] is False and positive(report["blog_run"]["wall_s"])
     assert "extrapolated" in report["blog_run"]["how"]
     assert positive(report["memory"]["host_peak_rss_mib"]) and report["memory"]["device_peak_mib"] is None

@@ -8,10 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from retina_gans.evaluate import evaluate_checkpoint
+from retina_gans.evaluate import run
 from retina_gans.models import GAN
 from retina_gans.sample import write_samples
 from retina_gans.train import train
+from tests.test_evaluate_samples import evaluate_config
 
 
 @pytest.fixture(scope="module")
@@ -52,15 +53,16 @@ def test_from_checkpoint_rejects_a_foreign_file(tmp_path):
         GAN.from_checkpoint(tmp_path / "other.ckpt")
 
 
-@pytest.mark.parametrize("split, n", [("test", 64), ("train", None)])
-def test_evaluate_scores_a_checkpoint_against_any_split(trained_checkpoints, synthetic_data_dir, split, n):
-    result = evaluate_checkpoint(str(trained_checkpoints[1]), n, split, ["retina"], None, str(synthetic_data_dir),
-                                 verify_md5=False, noise_seed=0, batch_size=200, device="cpu")
-    expected_n = n or 1080
-    assert result["protocol"]["n_samples"] == expected_n
+@pytest.mark.parametrize("split, n", [("test", 200), ("train", None)])
+def test_evaluate_scores_a_checkpoint_against_any_split(trained_checkpoints, synthetic_data_dir, tmp_path, split, n):
+    cfg = evaluate_config(ckpt_path=str(trained_checkpoints[1]), n_samples=n, reference_split=split,
+                          root=synthetic_data_dir, out=str(tmp_path / "e.json"))
+    result, out = run(cfg)
+    assert result["protocol"]["n_samples"] == (n or 1080)
     assert result["protocol"]["n_reference"] == {"test": 400, "train": 1080}[split]
     metrics = result["metrics"]
-    assert set(metrics) == {"fid_retina", "kid_retina_mean", "kid_retina_std", "is_retina", "is_retina_std", "memorization"}
+    assert {"fid_retina", "kid_retina_mean", "is_retina", "precision_retina", "spectral_distance", "memorization",
+            "copy_fraction"} <= set(metrics)
     assert all(math.isfinite(v) for v in metrics.values())
     assert metrics["fid_retina"] > 0 and 1.0 <= metrics["is_retina"] <= 5.0
 
@@ -69,10 +71,10 @@ def test_evaluate_command_writes_json_beside_the_checkpoint(trained_checkpoints,
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "RETINA_GANS_LOGS": str(tmp_path)}
     ckpt = trained_checkpoints[1]
     result = subprocess.run(
-        [sys.executable, "-m", "retina_gans.evaluate", f"ckpt_path={ckpt}", "n_samples=100", "reference_split=test",
-         "extractors=[retina]", f"data_root={synthetic_data_dir}", "verify_md5=false", "device=cpu"],
+        [sys.executable, "-m", "retina_gans.evaluate", f"ckpt_path={ckpt}", "n_samples=200", "reference_split=test",
+         "extractors=[retina]", f"data.root={synthetic_data_dir}", "data.verify_md5=false", "device=cpu", "c2st=false"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stderr[-2000:]
-    written = json.loads((ckpt.parent / "eval-last-test-n100.json").read_text())
-    assert written["protocol"]["n_samples"] == 100 and "fid_retina" in written["metrics"]
+    written = json.loads((ckpt.parent / "eval-last-test-n200.json").read_text())
+    assert written["protocol"]["n_samples"] == 200 and "fid_retina" in written["metrics"]

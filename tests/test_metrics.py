@@ -11,7 +11,7 @@ from torchmetrics.image.kid import KernelInceptionDistance
 from tests.metrics_fixtures import UInt8Images, random_inception_weights, synthetic_fundus  # noqa: F401 (fixture)
 from retina_gans.metrics import GenerationMetrics, InceptionWeightsError, memorization_ratio, resolve_extractors
 from retina_gans.metrics import extractors as extractors_module
-from retina_gans.metrics.generation_metrics import KID_MAX_SUBSET_SIZE, _FrechetDistance, _Precomputed
+from retina_gans.metrics.generation_metrics import _FrechetDistance, _KernelInceptionDistance, _Precomputed
 
 N_INCEPTION = 6  # Inception at 299x299 costs ~0.3 s per image on a 2-core CPU: keep these sets tiny
 
@@ -24,14 +24,14 @@ def offline_hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
-def retina_metrics(n_samples: int, channels: int = 3) -> GenerationMetrics:
-    return GenerationMetrics(["retina"], None, channels, n_samples)
+def retina_metrics(n_samples: int | None = None, channels: int = 3) -> GenerationMetrics:
+    """The grade-classifier extractor only (n_samples: kept for the call sites; the metrics follow the inputs)."""
+    return GenerationMetrics(["retina"], None, channels)
 
 
 def evaluate(metrics: GenerationMetrics, real: torch.Tensor, fake: torch.Tensor) -> dict[str, float]:
-    metrics.update(real, real=True)
-    metrics.update(fake, real=False)
-    return {k: v.item() for k, v in metrics.compute().items()}
+    metrics.set_reference(real, real, real)
+    return {k: v.item() for k, v in metrics.compute(fake).items()}
 
 
 # ---- FID / KID / IS on the retina extractor -------------------------------------------------------
@@ -57,12 +57,12 @@ def test_generation_metrics_kid_of_two_halves_is_zero_within_its_std():
     assert abs(values["kid_retina_mean"]) <= 3 * values["kid_retina_std"]
 
 
-def test_generation_metrics_kid_subset_size_and_is_splits_follow_n_samples():
-    metrics = retina_metrics(1080)
-    assert metrics.kid["retina"].subset_size == min(KID_MAX_SUBSET_SIZE, 540)
-    assert metrics.inception_score["retina"].splits == 10
-    metrics = retina_metrics(6)
-    assert metrics.kid["retina"].subset_size == 3 and metrics.inception_score["retina"].splits == 3
+def test_generation_metrics_kid_subset_size_follows_the_smaller_set():
+    """torchmetrics' fixed 1000 fails below 2000 samples (the README's `n_samples=5000 reference_split=test` crashed)."""
+    metrics = retina_metrics()
+    metrics.set_reference(*(synthetic_fundus(40, 3, seed=0),) * 3)
+    metrics.compute(synthetic_fundus(100, 3, seed=1))
+    assert metrics.reference.cache[("kid", "retina")].subset_size == 20
 
 
 def test_generation_metrics_is_lies_between_one_and_the_number_of_classes():
@@ -76,9 +76,11 @@ def test_generation_metrics_is_of_a_constant_input_is_one():
     assert values["is_retina"] == pytest.approx(1.0, abs=1e-5)
 
 
-def test_generation_metrics_returns_every_key_per_extractor():
+def test_generation_metrics_returns_every_registered_key_per_extractor():
     values = evaluate(retina_metrics(64), synthetic_fundus(64, 3, seed=0), synthetic_fundus(64, 3, seed=1))
-    assert set(values) == {"fid_retina", "kid_retina_mean", "kid_retina_std", "is_retina", "is_retina_std"}
+    assert set(values) == {"fid_retina", "kid_retina_mean", "kid_retina_std", "is_retina", "is_retina_std",
+                           "precision_retina", "recall_retina", "density_retina", "coverage_retina",
+                           "spectral_distance", "memorization", "copy_fraction"}
 
 
 def test_generation_metrics_accepts_64x64_images():
@@ -88,48 +90,38 @@ def test_generation_metrics_accepts_64x64_images():
 
 def test_generation_metrics_rejects_float_or_wrong_channel_images():
     metrics = retina_metrics(8, channels=1)
+    real = synthetic_fundus(8, 1, seed=0)
     with pytest.raises(ValueError, match="uint8"):
-        metrics.update(torch.rand(8, 1, 28, 28), real=True)
+        metrics.set_reference(torch.rand(8, 1, 28, 28), real, real)
     with pytest.raises(ValueError, match="uint8"):
-        metrics.update(synthetic_fundus(8, 3, seed=0), real=True)
+        metrics.set_reference(synthetic_fundus(8, 3, seed=0), real, real)
+    metrics.set_reference(real, real, real)
+    with pytest.raises(ValueError, match="uint8"):
+        metrics.compute(torch.rand(8, 1, 28, 28))
 
 
-def test_generation_metrics_extracts_real_features_once_and_each_batch_once():
+def test_generation_metrics_extracts_real_features_once_and_generated_once_per_compute():
     metrics = retina_metrics(64)
     calls = []
     metrics.extractors["retina"].register_forward_hook(lambda module, inputs, output: calls.append(inputs[0]))
     real, fake = synthetic_fundus(64, 3, seed=0), synthetic_fundus(64, 3, seed=1)
-    first = None
-    for _ in range(2):  # two validations, as the LightningModule runs them
-        if not metrics.has_real:
-            metrics.update(real, real=True)
-        metrics.update(fake, real=False)
-        values = metrics.compute()
-        first = first or values
-        metrics.reset_fake()
-    assert sum(c is real for c in calls) == 1
-    assert len(calls) == 3  # one extractor pass per batch, shared by FID, KID and IS
+    metrics.set_reference(real, real, real)
+    first = metrics.compute(fake)
+    values = metrics.compute(fake)  # a second validation: only the generated images are extracted again
+    assert len(calls) == 3  # one extractor pass per image set, shared by every metric
     assert values == first  # same images, fixed KID/IS draws: same values
 
 
-def test_generation_metrics_refuses_real_images_once_final_and_reset_all_forgets_them():
-    metrics = retina_metrics(32)
-    evaluate(metrics, synthetic_fundus(32, 3, seed=0), synthetic_fundus(32, 3, seed=1))
-    with pytest.raises(RuntimeError, match="final"):
-        metrics.update(synthetic_fundus(32, 3, seed=0), real=True)
-    metrics.reset_all()
-    assert not metrics.has_real
-    assert metrics.fid["retina"].real_features_num_samples == 0
-    with pytest.raises(RuntimeError, match="before any real images"):
-        metrics.compute()
+def test_generation_metrics_compute_before_reference_is_an_error():
+    with pytest.raises(RuntimeError, match="set_reference"):
+        retina_metrics().compute(synthetic_fundus(8, 3, seed=0))
 
 
 def test_generation_metrics_compute_leaves_the_global_rng_untouched():
     metrics = retina_metrics(64)
-    metrics.update(synthetic_fundus(64, 3, seed=0), real=True)
-    metrics.update(synthetic_fundus(64, 3, seed=1), real=False)
+    metrics.set_reference(*(synthetic_fundus(64, 3, seed=0),) * 3)
     torch.manual_seed(123)
-    metrics.compute()
+    metrics.compute(synthetic_fundus(64, 3, seed=1))
     after = torch.rand(1)
     torch.manual_seed(123)
     assert torch.equal(after, torch.rand(1))
@@ -168,7 +160,7 @@ def test_generation_metrics_dtype_casts_and_train_mode_do_not_reach_the_extracto
 def inception_run(random_inception_weights: Path) -> dict:
     """Grayscale real/fake sets through GenerationMetrics with both extractors, on random Inception weights."""
     real, fake = synthetic_fundus(N_INCEPTION, 1, seed=0), synthetic_fundus(N_INCEPTION, 1, seed=1)
-    metrics = GenerationMetrics(["retina", "inception"], str(random_inception_weights), 1, N_INCEPTION)
+    metrics = GenerationMetrics(["retina", "inception"], str(random_inception_weights), 1)
     return {"real": real, "fake": fake, "values": evaluate(metrics, real, fake)}
 
 
@@ -196,20 +188,20 @@ def test_generation_metrics_inception_fid_matches_torch_fidelity(inception_run: 
 # ---- resolving extractor names -----------------------------------------------------------------------
 def test_resolve_extractors_auto_without_weights_warns_once_and_keeps_retina(offline_hub: Path):
     with pytest.warns(UserWarning, match=r"metrics\.inception_weights=") as record:
-        assert resolve_extractors("auto", None) == ["retina"]
+        assert resolve_extractors("auto", None) == ["retina_v2", "retina"]
     assert len(record) == 1
 
 
 def test_resolve_extractors_auto_with_weights_adds_inception(random_inception_weights: Path, offline_hub: Path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert resolve_extractors("auto", str(random_inception_weights)) == ["retina", "inception"]
+        assert resolve_extractors("auto", str(random_inception_weights)) == ["retina_v2", "retina", "inception"]
 
 
 def test_resolve_extractors_auto_uses_torch_hub_cache(offline_hub: Path):
     (offline_hub / "checkpoints").mkdir()
     (offline_hub / "checkpoints" / extractors_module.INCEPTION_WEIGHTS_NAME).touch()
-    assert resolve_extractors("auto", None) == ["retina", "inception"]
+    assert resolve_extractors("auto", None) == ["retina_v2", "retina", "inception"]
 
 
 def test_resolve_extractors_explicit_inception_without_weights_is_an_error(offline_hub: Path):
@@ -224,7 +216,7 @@ def test_resolve_extractors_missing_weights_file_is_an_error(tmp_path: Path):
 
 
 def test_resolve_extractors_unknown_name_lists_the_allowed_ones():
-    with pytest.raises(ValueError, match=r"choose from \['retina', 'inception'\]") as error:
+    with pytest.raises(ValueError, match=r"choose from \['retina_v2', 'retina', 'inception'\]") as error:
         resolve_extractors(["retina", "vgg"], None)
     assert "\n" not in str(error.value)
 
@@ -247,12 +239,12 @@ def test_memorization_ratio_rejects_mismatched_shapes():
 
 @pytest.mark.filterwarnings("ignore:.*will save all extracted features")
 def test_kernel_inception_distance_matches_torchmetrics():
-    metrics = retina_metrics(120)
-    evaluate(metrics, synthetic_fundus(120, 3, seed=0), synthetic_fundus(120, 3, seed=1))
-    ours = metrics.kid["retina"]
-    reference = KernelInceptionDistance(nn.Identity(), subset_size=ours.subset_size)
-    reference.update(torch.cat(ours.real_features), real=True)
-    reference.update(torch.cat(ours.fake_features), real=False)
+    real, fake = fid_pair(64, seed=3, shift=0.2)
+    ours = _KernelInceptionDistance(_Precomputed(64), subset_size=150)
+    reference = KernelInceptionDistance(nn.Identity(), subset_size=150)
+    for metric in (ours, reference):
+        metric.update(real, real=True)
+        metric.update(fake, real=False)
     torch.manual_seed(0)
     mean, std = ours.compute()
     torch.manual_seed(0)
@@ -304,7 +296,7 @@ def test_training_auto_leaves_inception_out_without_a_gpu_but_keeps_it_when_name
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.warns(UserWarning, match="without a GPU"):
-        assert training_extractors("auto") == ["retina"]
+        assert training_extractors("auto") == ["retina_v2", "retina"]
     assert training_extractors(["retina", "inception"]) == ["retina", "inception"]
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert training_extractors("auto") == "auto"  # resolved as usual: Inception if its weights load

@@ -40,7 +40,7 @@ def test_hparams_search_composes_an_optuna_sweep_of_that_model(model):
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         cfg = compose("config", overrides=[f"hparams_search={model}_optuna"], return_hydra_config=True)
     assert cfg.model._target_.lower().endswith(model.replace("_", ""))
-    assert cfg.optimized_metric == "val/fid_retina" and cfg.hydra.sweeper.direction == "minimize"
+    assert cfg.optimized_metric == "val/fid_retina_v2" and cfg.hydra.sweeper.direction == "minimize"
     assert cfg.hydra.sweeper._target_.endswith("OptunaSweeper")
     assert cfg.hydra.sweeper.storage == f"sqlite:///logs/optuna_{model}.db"
     assert cfg.trainer.check_val_every_n_epoch == cfg.trainer.max_epochs  # one validation, after the last epoch

@@ -1,4 +1,4 @@
-"""Metric cost: one validation pass per feature extractor, real features extracted once beforehand."""
+"""Metric cost: one validation pass (every per-validation metric of the registry), the real side computed once."""
 
 import time
 from pathlib import Path
@@ -10,7 +10,7 @@ from omegaconf import DictConfig
 
 from retina_gans.bench.training import _sync
 from retina_gans.data import ensure_data_file, load_split
-from retina_gans.metrics import GenerationMetrics, memorization_ratio
+from retina_gans.metrics import GenerationMetrics
 
 
 def random_inception_weights(folder: Path) -> Path:
@@ -38,40 +38,37 @@ def random_inception_weights(folder: Path) -> Path:
 
 
 def bench_validation(
-    cfg: DictConfig, extractor: str, weights: str | None, n: int, device: torch.device
+    cfg: DictConfig, extractors: list[str], weights: str | None, n: int, device: torch.device
 ) -> dict[str, Any]:
-    """One validation pass as GAN.validation_step/on_validation_epoch_end do it: n generated images through the
-    extractor + FID/KID/IS + memorization; the n real ones are extracted once beforehand (cached for the run)."""
-    metrics_config = {**cfg.metrics, "extractors": [extractor], "inception_weights": weights}
+    """One validation pass as GAN.on_validation_epoch_end does it: n generated images through the extractors and
+    every per-validation metric of the registry; the real side is computed once beforehand (cached for the run)."""
+    metrics_config = {**cfg.metrics, "extractors": list(extractors), "inception_weights": weights}
     gan = hydra.utils.instantiate(cfg.model, metrics=metrics_config).to(device)  # for its sampling path
     path = ensure_data_file(cfg.data.root, cfg.data.size, False, cfg.data.verify_md5)
     split = {s: load_split(path, s, cfg.data.size, cfg.data.channels)[0].to(device) for s in ("train", "test")}
-    real = split["train"][:n]  # uint8 (n, C, H, W)
     noise = torch.randn(n, cfg.model.latent_dim, generator=torch.Generator().manual_seed(0)).to(device)
-    metrics = GenerationMetrics([extractor], weights, cfg.data.channels, n).to(device)
-    start = time.perf_counter()
-    for chunk in real.split(cfg.data.eval_batch_size):
-        metrics.update(chunk, real=True)
-    _sync(device)
-    real_s = time.perf_counter() - start
-    passes = [_validation_pass(gan, metrics, noise, split, cfg.data.eval_batch_size, device) for _ in range(2)]
-    # a third pass, timed piece by piece (torchmetrics' compute per metric, as GenerationMetrics.compute calls it)
-    pieces: dict[str, float] = {}
+    metrics = GenerationMetrics(list(extractors), weights, cfg.data.channels).to(device)
     clock = _Clock(device)
-    generated = [gan.generate(z) for z in noise.split(cfg.data.eval_batch_size)]
+    metrics.set_reference(split["train"][:n], split["train"], split["test"])
+    real_s = clock()
+    passes = [_validation_pass(gan, metrics, noise, cfg.data.eval_batch_size, device) for _ in range(2)]
+    # a third pass, timed piece by piece: generation, each extractor, each registered metric
+    pieces: dict[str, float] = {}
+    clock()
+    generated = torch.cat([gan.generate(z) for z in noise.split(cfg.data.eval_batch_size)])
     pieces["generate"] = clock()
-    for images in generated:
-        metrics.update(images, real=False)
-    pieces["extract"] = clock()
-    for key, group in (("fid", metrics.fid), ("kid", metrics.kid), ("is", metrics.inception_score)):
-        group[extractor].compute()
-        pieces[key] = clock()
-    memorization_ratio(torch.cat(generated), split["train"], split["test"])
-    pieces["memorization"] = clock()
-    metrics.reset_fake()
+    for name, extractor in metrics.extractors.items():
+        with torch.no_grad():
+            for chunk in generated.split(metrics.batch_size):
+                extractor(chunk)
+        pieces[f"extract/{name}"] = clock()
+    for name in metrics.metric_names:
+        metrics.compute(generated, [name])  # includes one extraction: subtracted below
+        pieces[f"metric/{name}"] = max(0.0, clock() - sum(v for k, v in pieces.items() if k.startswith("extract/")))
     # the first pass also pays one-off costs (lazy init, allocator warm-up): pass_s is the second
-    return {"n_samples": n, "real_features_once_s": real_s, "first_pass_s": passes[0][0], "pass_s": passes[1][0],
-            "pass_breakdown_s": pieces, "metrics_computed": sorted(passes[1][1])}
+    return {"n_samples": n, "extractors": list(extractors), "real_features_once_s": real_s,
+            "first_pass_s": passes[0][0], "pass_s": passes[1][0], "pass_breakdown_s": pieces,
+            "metrics_computed": sorted(passes[1][1])}
 
 
 class _Clock:
@@ -87,15 +84,11 @@ class _Clock:
         return elapsed
 
 
-def _validation_pass(gan: Any, metrics: GenerationMetrics, noise: torch.Tensor, split: dict[str, torch.Tensor],
-                     batch_size: int, device: torch.device) -> tuple[float, list[str]]:
-    """Seconds for generate -> extract -> FID/KID/IS -> memorization -> reset_fake, and the metric names."""
+def _validation_pass(gan: Any, metrics: GenerationMetrics, noise: torch.Tensor, batch_size: int,
+                     device: torch.device) -> tuple[float, list[str]]:
+    """Seconds for generate -> extract -> every per-validation metric, and the metric keys."""
     start = time.perf_counter()
-    generated = [gan.generate(z) for z in noise.split(batch_size)]
-    for images in generated:
-        metrics.update(images, real=False)
-    values = metrics.compute()
-    values["memorization"] = memorization_ratio(torch.cat(generated), split["train"], split["test"])
-    metrics.reset_fake()
+    generated = torch.cat([gan.generate(z) for z in noise.split(batch_size)])
+    values = metrics.compute(generated)
     _sync(device)
     return time.perf_counter() - start, list(values)

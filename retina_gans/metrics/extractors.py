@@ -1,7 +1,13 @@
-"""Feature extractors for the generation metrics: each maps uint8 images to (embedding, logits).
+"""Feature extractors for the generation metrics: each maps uint8 images to (embedding, logits or None).
 
-FID and KID use the embedding, IS the softmax of the logits; returning both from one forward pass lets
-`GenerationMetrics` run the expensive network once per batch for all three metrics.
+Embedding metrics (FID, KID, precision/recall/density/coverage) read the embedding, IS the softmax of the logits;
+returning both from one forward pass lets `GenerationMetrics` run each network once per image set.
+
+- `retina_v2` (the main one): an embedding trained on the RetinaMNIST train split to tell images apart and to
+  grade them (`retina_embedding.py`); it passes the validity check (README). No logits.
+- `retina`: the grade classifier (`retina_classifier.py`); its 5-grade softmax gives IS, its embedding the old
+  FID, kept for comparison with earlier numbers: it is nearly blind to noise and checkerboards.
+- `inception`: torch-fidelity's FID Inception-v3, what papers report.
 """
 
 import logging
@@ -14,9 +20,10 @@ from torch import Tensor, nn
 from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3, FeatureExtractorInceptionV3
 
 from retina_gans.metrics.retina_classifier import INPUT_SIZE, N_CLASSES, load_retina_classifier
+from retina_gans.metrics.retina_embedding import load_retina_embedding
 from retina_gans.pixels import to_model_range
 
-EXTRACTORS = ("retina", "inception")
+EXTRACTORS = ("retina_v2", "retina", "inception")
 INCEPTION_WEIGHTS_NAME = Path(URL_INCEPTION_V3).name  # weights-inception-2015-12-05-6726825d.pth
 HOW_TO_ENABLE_INCEPTION = (
     f"set metrics.inception_weights=/path/to/{INCEPTION_WEIGHTS_NAME} (torch-fidelity's FID Inception, "
@@ -58,17 +65,17 @@ def inception_weights_path(inception_weights: str | None) -> Path | None:
 def resolve_extractors(requested: list[str] | str, inception_weights: str | None) -> list[str]:
     """The extractor names to use, checked before training starts so a run never fails at its first validation.
 
-    "auto" means the retina classifier plus Inception when its weights can be loaded (else one warning);
+    "auto" means retina_v2 and the retina classifier, plus Inception when its weights can be loaded (else one warning);
     an explicit "inception" without loadable weights is an error.
     """
     if requested == "auto":
         if inception_weights_path(inception_weights) is not None:
-            return ["retina", "inception"]
+            return ["retina_v2", "retina", "inception"]
         warnings.warn(
             f"FID/KID/IS with Inception disabled (its weights are not available here); {HOW_TO_ENABLE_INCEPTION}",
             stacklevel=2,
         )
-        return ["retina"]
+        return ["retina_v2", "retina"]
     names = [requested] if isinstance(requested, str) else list(requested)
     unknown = [n for n in names if n not in EXTRACTORS]
     if unknown or not names:
@@ -76,6 +83,28 @@ def resolve_extractors(requested: list[str] | str, inception_weights: str | None
     if "inception" in names and inception_weights_path(inception_weights) is None:
         raise InceptionWeightsError(f"metrics extractor 'inception' needs its weights: {HOW_TO_ENABLE_INCEPTION}")
     return list(dict.fromkeys(names))  # drop duplicates, keep order
+
+
+def _to_classifier_input(images: Tensor) -> Tensor:
+    """uint8 (N, C, H, W) -> float in [-1, 1] at the 28x28 the in-domain networks were trained on."""
+    x = to_model_range(images)
+    if x.shape[-2:] != (INPUT_SIZE, INPUT_SIZE):  # e.g. 64x64 data
+        x = F.interpolate(x, size=(INPUT_SIZE, INPUT_SIZE), mode="bilinear", antialias=True, align_corners=False)
+    return x
+
+
+class RetinaV2Extractor(nn.Module):
+    """The retina_v2 embedding (N, 128); no class logits."""
+
+    n_classes = None
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.network = load_retina_embedding(channels)
+        self.embedding_dim = self.network.embedding_dim
+
+    def forward(self, images: Tensor) -> tuple[Tensor, None]:
+        return self.network(_to_classifier_input(images)), None
 
 
 class RetinaExtractor(nn.Module):
@@ -88,10 +117,7 @@ class RetinaExtractor(nn.Module):
         self.n_classes = N_CLASSES
 
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
-        x = to_model_range(images)  # (N, C, H, W) in [-1, 1], as in training
-        if x.shape[-2:] != (INPUT_SIZE, INPUT_SIZE):  # e.g. 64x64 data: the classifier saw 28x28
-            x = F.interpolate(x, size=(INPUT_SIZE, INPUT_SIZE), mode="bilinear", antialias=True, align_corners=False)
-        return self.network(x)
+        return self.network(_to_classifier_input(images))
 
 
 class InceptionExtractor(nn.Module):
@@ -120,8 +146,10 @@ class InceptionExtractor(nn.Module):
 def build_extractor(name: str, channels: int, inception_weights: str | None) -> nn.Module:
     """One frozen extractor in eval mode; it has `embedding_dim` and `n_classes` and maps uint8 images to
     (embedding (N, embedding_dim), logits (N, n_classes))."""
-    if name == "retina":
-        extractor: nn.Module = RetinaExtractor(channels)
+    if name == "retina_v2":
+        extractor: nn.Module = RetinaV2Extractor(channels)
+    elif name == "retina":
+        extractor = RetinaExtractor(channels)
     elif name == "inception":
         path = inception_weights_path(inception_weights)
         if path is None:

@@ -1,10 +1,10 @@
-"""FID, KID and IS for each feature extractor, with real features kept across validations.
+"""Every registered metric (`registry.METRICS`) of generated vs. real images, with the real side computed once.
 
-Feature extraction runs once per image batch: `update` calls each extractor once and hands the resulting
-features to torchmetrics' FID/KID/IS, whose `feature` network is an identity (`_Precomputed`). The
-alternatives are worse: giving the three metrics the extractor itself runs it three times per batch, and
-a wrapper that caches the last batch's outputs keys a cache on tensor identity (fragile across devices and
-in-place ops). torchmetrics' own update code still owns the state layout and the DDP reduction.
+Each extractor runs once per image set and hands its features to the metrics: torchmetrics' FID/KID/IS (whose
+`feature` network is an identity, `Precomputed`), precision/recall/density/coverage, and pixel metrics. The real
+side (embeddings, FID's real statistics and root, the real k-NN radii, the real spectrum) is computed once per run
+by `set_reference`; each validation then costs one extraction of the generated images and the metric math.
+Under DDP the caller gathers the generated images first, so every rank computes the same values from the whole set.
 
 The extractors are deliberately NOT submodules: their weights stay out of the GAN's checkpoints (the
 LightningModule's state_dict includes every submodule), DDP neither broadcasts nor tracks them, and
@@ -17,26 +17,18 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 from torchmetrics.image.fid import FrechetInceptionDistance
-from torchmetrics.image.inception import InceptionScore
 from torchmetrics.image.kid import KernelInceptionDistance, poly_kernel
 from torchmetrics.utilities import dim_zero_cat
 
 from retina_gans.metrics.extractors import build_extractor, resolve_extractors
+from retina_gans.metrics.registry import METRICS, Generated, Precomputed, Reference
+from retina_gans.metrics.prdc import kth_neighbour_radii
+from retina_gans.metrics.spectrum import radial_power_spectrum
+
+_Precomputed = Precomputed  # the name earlier versions and tests import
 
 KID_MAX_SUBSET_SIZE = 1000  # torchmetrics' and torch-fidelity's default subset size, reached from 2000 samples
-IS_SPLITS = 10  # as in Salimans et al. 2016 and torch-fidelity
 METRICS_SEED = 0  # KID subsets and IS splits are random draws: fixed, so a value changes only when the images do
-
-
-class _Precomputed(nn.Module):
-    """Identity 'feature network' for torchmetrics: its inputs already are features (N, D)."""
-
-    def __init__(self, num_features: int) -> None:
-        super().__init__()
-        self.num_features = num_features  # FID reads this instead of probing with a dummy image
-
-    def forward(self, features: Tensor) -> Tensor:
-        return features
 
 
 class _KernelInceptionDistance(KernelInceptionDistance):
@@ -113,102 +105,120 @@ class _FrechetDistance(FrechetInceptionDistance):
 
 
 class GenerationMetrics(nn.Module):
-    """FID, KID (Binkowski et al. 2018) and IS (Salimans et al. 2016) of generated vs. real uint8 images.
+    """The registered metrics of generated vs. real uint8 images, per feature extractor where a metric reads one.
 
-    Keys of `compute()`: fid_{ext}, kid_{ext}_mean, kid_{ext}_std, is_{ext}, is_{ext}_std per extractor.
+    `set_reference(reference, train, test)` once, then `compute(generated)` as often as needed. Keys: see
+    `registry.METRICS` (e.g. fid_retina_v2, kid_retina_v2_mean, precision_retina_v2, is_retina, spectral_distance,
+    memorization). `metrics` picks registry names; default: every metric cheap enough for each validation.
     """
 
-    def __init__(
-        self, extractors: list[str] | str, inception_weights: str | None, channels: int, n_samples: int
-    ) -> None:
+    def __init__(self, extractors: list[str] | str, inception_weights: str | None, channels: int,
+                 metrics: list[str] | None = None, batch_size: int = 500) -> None:
         super().__init__()
         if channels not in (1, 3):
             raise ValueError(f"channels must be 1 or 3, got {channels}")
+        unknown = sorted(set(metrics or ()) - set(METRICS))
+        if unknown:
+            raise ValueError(f"unknown metric(s) {unknown}; choose from {sorted(METRICS)}")
+        self.metric_names = list(metrics) if metrics is not None else [m for m, spec in METRICS.items()
+                                                                          if spec.every_validation]
         self.names = resolve_extractors(extractors, inception_weights)
         self.channels = channels
-        self.n_samples = n_samples
-        self._real_final = False  # see has_real
+        self.batch_size = batch_size
         # a plain dict is not registered by nn.Module: see the module docstring
         self._extractors: dict[str, nn.Module] = {
             name: build_extractor(name, channels, inception_weights) for name in self.names
         }
-        self.fid, self.kid, self.inception_score = nn.ModuleDict(), nn.ModuleDict(), nn.ModuleDict()
-        # KID averages MMD over 100 random subsets; half the samples per subset keeps the subsets different
-        # (so kid_std means something) and stays within what each side has (torchmetrics' 1000 fails below that)
-        subset_size = max(2, min(KID_MAX_SUBSET_SIZE, n_samples // 2))
-        is_splits = max(1, min(IS_SPLITS, n_samples // 2))  # a one-image split always scores exactly 1
-        with warnings.catch_warnings():  # "will save all extracted features in buffer": n_samples x D, small here
-            warnings.filterwarnings("ignore", message=".*will save all extracted features.*")
-            for name, extractor in self._extractors.items():
-                embedding = _Precomputed(extractor.embedding_dim)
-                self.fid[name] = _FrechetDistance(embedding, reset_real_features=False)
-                self.kid[name] = _KernelInceptionDistance(embedding, subset_size=subset_size, reset_real_features=False)
-                self.inception_score[name] = InceptionScore(_Precomputed(extractor.n_classes), splits=is_splits)
+        self.reference: Reference | None = None
 
     @property
     def extractors(self) -> dict[str, nn.Module]:
         return self._extractors
 
     def _apply(self, fn: Callable, recurse: bool = True) -> "GenerationMetrics":
-        """Move the (unregistered) extractors to the metrics' device; dtype casts do not reach them (float32)."""
+        """Move the (unregistered) extractors along with the module (dtype casts do not reach them: float32), and the
+        real side, recomputed on the new device (it holds torchmetrics states and cached roots)."""
         super()._apply(fn, recurse)
-        device = next(iter(self.fid.values())).device  # torchmetrics tracks its device through dtype-safe _apply
+        probe = fn(torch.zeros(()))
         for extractor in self._extractors.values():
-            extractor.to(device)
+            extractor.to(probe.device)
+        if self.reference is not None and self.reference.images.device != probe.device:
+            self.set_reference(self.reference.images.to(probe.device), self.reference.train.to(probe.device),
+                               self.reference.test.to(probe.device))
         return self
 
-    @torch.inference_mode()
-    def update(self, images: Tensor, real: bool) -> None:
-        """Add a batch of uint8 images (N, C, H, W), C = channels, to the real or the generated set."""
-        if real and self._real_final:
-            raise RuntimeError("the real features are final (has_real is True): feed real images only while it is False")
+    def _check(self, images: Tensor, what: str) -> None:
         if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] != self.channels:
             raise ValueError(
-                f"expected uint8 images (N, {self.channels}, H, W), got {images.dtype} {list(images.shape)}; "
+                f"{what}: expected uint8 images (N, {self.channels}, H, W), got {images.dtype} {list(images.shape)}; "
                 "convert with retina_gans.pixels.to_uint8"
             )
+
+    @torch.no_grad()
+    def extract(self, images: Tensor) -> tuple[dict[str, Tensor], dict[str, Tensor | None]]:
+        """Each extractor once over uint8 images (N, C, H, W): embeddings {ext: (N, D)}, logits {ext: (N, K) or None}."""
+        embeddings: dict[str, Tensor] = {}
+        logits: dict[str, Tensor | None] = {}
         for name, extractor in self._extractors.items():
-            embedding, logits = extractor(images)  # (N, D), (N, K): the one expensive call
-            self.fid[name].update(embedding, real=real)
-            self.kid[name].update(embedding, real=real)
-            if not real:
-                self.inception_score[name].update(logits)
+            device = next(extractor.parameters()).device
+            outputs = [extractor(chunk.to(device)) for chunk in images.split(self.batch_size)]
+            embeddings[name] = torch.cat([e for e, _ in outputs]).double()
+            logits[name] = None if outputs[0][1] is None else torch.cat([k for _, k in outputs]).float()
+        return embeddings, logits
 
     @property
-    def has_real(self) -> bool:
-        """The real features are complete: a compute() has used them, so later validations feed only generated
-        images. False during the whole first validation (every batch feeds its real images) and after reset_all().
-        A plain Python flag, so checking it in every validation_step costs no device sync."""
-        return self._real_final
+    def has_reference(self) -> bool:
+        return self.reference is not None
 
-    def compute(self) -> dict[str, Tensor]:
-        """All metrics over the images seen since the last reset; under DDP call it on every rank (it syncs)."""
-        if not self._real_final and self.fid[self.names[0]].real_features_num_samples == 0:
-            raise RuntimeError("GenerationMetrics.compute() before any real images: call update(real_images, real=True)")
-        results = {}
+    @torch.no_grad()
+    def set_reference(self, reference: Tensor, train: Tensor, test: Tensor) -> None:
+        """The real side, computed once: `reference` the images to compare with (uint8 (N, C, H, W)); `train` and
+        `test` the real splits the memorization metrics measure distances to."""
+        for what, images in (("reference", reference), ("train", train), ("test", test)):
+            self._check(images, what)
+        if len(reference) < 2:
+            raise ValueError(f"the reference set needs at least 2 images, got {len(reference)}")
+        embeddings, _ = self.extract(reference)
+        ref = Reference(reference, train, test, embeddings)
+        with warnings.catch_warnings():  # "will save all extracted features in buffer": N x D, small here
+            warnings.filterwarnings("ignore", message=".*will save all extracted features.*")
+            for name, features in embeddings.items():
+                dim = features.shape[1]
+                fid = _FrechetDistance(Precomputed(dim), reset_real_features=False, sync_on_compute=False)
+                kid = _KernelInceptionDistance(Precomputed(dim), subset_size=2, reset_real_features=False,
+                                               sync_on_compute=False)
+                fid, kid = fid.to(features.device), kid.to(features.device)
+                fid.update(features, real=True)
+                kid.update(features, real=True)
+                ref.cache[("fid", name)], ref.cache[("kid", name)] = fid, kid
+                ref.cache[("prdc", name)] = kth_neighbour_radii(features)
+        ref.cache["spectrum"] = radial_power_spectrum(reference)
+        self.reference = ref
+
+    @torch.no_grad()
+    def compute(self, generated: Tensor, metrics: list[str] | None = None) -> dict[str, Tensor]:
+        """Every chosen metric of uint8 `generated` (M, C, H, W) against the reference; scalar tensors by key."""
+        if self.reference is None:
+            raise RuntimeError("GenerationMetrics.compute() before set_reference(reference, train, test)")
+        self._check(generated, "generated")
+        if len(generated) < 2:
+            raise ValueError(f"the metrics need at least 2 generated images, got {len(generated)}")
+        embeddings, logits = self.extract(generated)
+        gen = Generated(generated.to(self.reference.images.device), embeddings, logits)
+        results: dict[str, Tensor] = {}
         # fork: the metrics' random draws use torch's global generator; the training RNG must not depend on them
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(METRICS_SEED)
-            for name in self.names:
-                results[f"fid_{name}"] = self.fid[name].compute()
-                results[f"kid_{name}_mean"], results[f"kid_{name}_std"] = self.kid[name].compute()
-                results[f"is_{name}"], results[f"is_{name}_std"] = self.inception_score[name].compute()
-        self._real_final = True
-        return results
-
-    @torch.inference_mode()
-    def reset_fake(self) -> None:
-        """Forget generated images, keep the real features for the next validation."""
-        for metric in (*self.fid.values(), *self.kid.values(), *self.inception_score.values()):
-            metric.reset()
-
-    @torch.inference_mode()
-    def reset_all(self) -> None:
-        """Forget everything, e.g. after Lightning's sanity-check validation fed a partial real set."""
-        self._real_final = False
-        for metric in (*self.fid.values(), *self.kid.values()):
-            metric.reset_real_features = True
-            metric.reset()
-            metric.reset_real_features = False
-        for metric in self.inception_score.values():
-            metric.reset()
+            for name in metrics or self.metric_names:
+                spec = METRICS[name]
+                if spec.input == "embedding":
+                    for ext in self.names:
+                        results |= spec.compute(self.reference, gen, ext)
+                elif spec.input == "logits":
+                    for ext in self.names:
+                        if logits[ext] is not None:
+                            results |= spec.compute(self.reference, gen, ext)
+                else:
+                    results |= spec.compute(self.reference, gen)
+        return {k: v.detach().float().cpu() if isinstance(v, Tensor) else torch.tensor(float(v))
+                for k, v in results.items()}

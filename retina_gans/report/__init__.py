@@ -22,15 +22,15 @@ from retina_gans.report.figures import model_name
 from retina_gans.report.render import Doc
 from retina_gans.report.runs import COMPLETE, Run, Sweep, load_sweep
 from retina_gans.report.stats import Summary, pairwise_welch, summarize
+from retina_gans.metrics.registry import METRICS, direction, extractor_of_key, metric_for_key
+
+EXTRACTOR_ORDER = {"retina_v2": 0, "retina": 1, "inception": 2}
 
 # The blog posts' numbers (../shared/seeds): one run each, Inception-based presumably, protocol unknown.
 BLOG = {"lsgan": {"fid": 263.34, "is": 1.00}, "wgan": {"fid": 263.34, "is": 1.00},
         "wgan_gp": {"fid": 333.25, "is": 1.00}}
 BLOG_HEADER = "blog (Inception-based?, 1 run, protocol not comparable)"
-EXTRACTORS = ("retina", "inception")
-# (short name, label, log key with {ext}, lower is better)
-METRICS = (("fid", "FID", "val/fid_{ext}", True), ("kid", "KID", "val/kid_{ext}_mean", True),
-           ("is", "IS", "val/is_{ext}", False))
+DEFAULT_MAIN = "fid_retina_v2"  # conf/metrics/default.yaml's metrics.main; a run's own config says which it used
 BUDGET_NOTES = {
     "blog": "`experiment=blog`: the blog's setup, 50 epochs for every model, so the WGANs (n_critic 5) make "
             "5x fewer generator steps than LS-GAN.",
@@ -78,17 +78,48 @@ def fmt_summary(s: Summary | None, total: int, floor: float | None = None) -> tu
     return f"{s.mean:.{d}f} ± {s.sd:.{d}f}{of}", f"[{low:.{d}f}{cut}, {s.high:.{d}f}]"
 
 
-# Lowest possible value per metric short name (None: KID's unbiased estimate can be negative).
-FLOORS = {"fid": 0.0, "kid": None, "is": 1.0}
+def metric_columns(runs: list[Run]) -> list[tuple[str, str, str]]:
+    """(label, log key, direction) of every registered metric the runs logged, in registry order (main extractor
+    first); *_std companions are left out. One list for the tables, the tests and the figures."""
+    logged = {c for r in runs for c in r.epochs.columns if c.startswith("val/") and not c.endswith("_std")}
+    columns = []
+    for metric in METRICS.values():
+        for template, better in zip(metric.keys, metric.better):
+            if template.endswith("_std"):
+                continue
+            found = sorted(k for k in logged if metric_for_key(k) is metric and
+                           (k.removeprefix("val/") == template or "{ext}" in template))
+            for key in sorted(found, key=lambda k: (EXTRACTOR_ORDER.get(extractor_of_key(k), 9), k)):
+                if key in [c[1] for c in columns] or direction(key) != better:
+                    continue
+                ext = extractor_of_key(key)
+                name = key.removeprefix("val/")
+                label = name.replace(f"_{ext}", "") if ext else name
+                label = {"fid": "FID", "kid_mean": "KID", "is": "IS"}.get(label, label)
+                columns.append((f"{label} ({ext})" if ext else label, key, better))
+    return columns
+
+
+def floor_of(key: str) -> float | None:
+    """The lowest possible value (intervals are cut there): KID's unbiased estimate can be negative, IS >= 1."""
+    if "kid_" in key:
+        return None
+    return 1.0 if "/is_" in key else 0.0
+
+
+def main_metric(runs: list[Run]) -> str:
+    """`val/<metrics.main>` of the runs (their configs), else the default; val/fid_retina for runs made before it."""
+    mains = {((r.config or {}).get("metrics") or {}).get("main") for r in runs} - {None}
+    key = f"val/{mains.pop() if len(mains) == 1 else DEFAULT_MAIN}"
+    if not any(key in r.epochs.columns for r in runs) and any("val/fid_retina" in r.epochs.columns for r in runs):
+        return "val/fid_retina"  # runs from before retina_v2
+    return key
 
 
 def _slug(text: str) -> str:
     return re.sub(r"[^\w.-]+", "_", text).strip("_") or "none"
 
 
-def _extractors(runs: list[Run]) -> list[str]:
-    found = {m.group(1) for r in runs for c in r.epochs.columns if (m := re.fullmatch(r"val/fid_(\w+)", c))}
-    return list(EXTRACTORS) + sorted(found - set(EXTRACTORS))
 
 
 def _by_model(runs: list[Run]) -> dict[str, list[Run]]:
@@ -101,22 +132,41 @@ def _minutes(run: Run) -> float | None:
     return run.wall_time_s / 60 if run.wall_time_s is not None else None
 
 
-def run_rows(sweep: Sweep, extractors: list[str]) -> pd.DataFrame:
+def run_rows(sweep: Sweep, columns: list[tuple[str, str, str]]) -> pd.DataFrame:
     """One row per run with every number the report shows, read from its logs (None where not logged)."""
     rows = []
     for run in sweep.runs:
         row = {"job": run.job, "section": run.section, "model": run.model, "seed": run.seed, "status": run.status,
                "detail": run.detail, "max_epochs": run.max_epochs,
                "generator_steps": run.final("train/generator_steps"), "critic_steps": run.final("train/critic_steps"),
-               "wall_time_min": _minutes(run), "memorization_final": run.final("val/memorization")}
-        for ext in extractors:
-            for short, _, key, lower in METRICS:
-                best = run.best(key.format(ext=ext), lower)
-                row[f"{short}_{ext}_final"] = run.final(key.format(ext=ext))
-                row[f"{short}_{ext}_best"] = best[0] if best else None
-                row[f"{short}_{ext}_best_epoch"] = best[1] if best else None
+               "wall_time_min": _minutes(run), "c2st_final": run.c2st}
+        for _, key, better in columns:
+            name = key.removeprefix("val/")
+            best = run.best(key, better == "lower") if better in ("lower", "higher") else None
+            row[f"{name}_final"] = run.final(key)
+            row[f"{name}_best"] = best[0] if best else None
+            row[f"{name}_best_epoch"] = best[1] if best else None
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _two_sample_tests(sweep: Sweep) -> None:
+    """The classifier two-sample test (registry's `c2st`) of each complete run's final model: 1,080 samples of its
+    last.ckpt (noise seed 0) against the real train split. Seconds per run on a CPU: too slow for validation."""
+    from retina_gans.metrics.c2st import c2st_accuracy
+    from retina_gans.models import GAN
+    from retina_gans.sample import generate_samples
+
+    for run in sweep.runs:
+        last = run.path / "checkpoints" / "last.ckpt" if run.path is not None else None
+        if run.status != COMPLETE or last is None or not last.is_file():
+            continue
+        try:
+            gan = GAN.from_checkpoint(last)
+            real = figures.real_samples(last, n=1080)
+            run.c2st = float(c2st_accuracy(real, generate_samples(gan, len(real), 0, 500)))
+        except Exception:  # noqa: BLE001 - an unreadable checkpoint or missing data: the cell shows *missing*
+            run.c2st = None
 
 
 def build_report(sweep_dir: str | Path, out_dir: str | Path | None = None) -> Path:
@@ -128,8 +178,10 @@ def build_report(sweep_dir: str | Path, out_dir: str | Path | None = None) -> Pa
         raise ReportError(f"{sweep_dir} holds no runs of a multirun (no job folders, no multirun.yaml); pass the "
                           "folder compare or --multirun wrote, e.g. logs/compare/<time> or logs/train/multiruns/<time>")
     out.mkdir(parents=True, exist_ok=True)
-    extractors = _extractors(sweep.runs)
-    table = run_rows(sweep, extractors)
+    columns = metric_columns(sweep.runs)
+    main = main_metric(sweep.runs)
+    _two_sample_tests(sweep)
+    table = run_rows(sweep, columns)
     table.to_csv(out / "runs.csv", index=False)
 
     doc = Doc()
@@ -141,11 +193,11 @@ def build_report(sweep_dir: str | Path, out_dir: str | Path | None = None) -> Pa
     if (table["status"] != COMPLETE).any():
         doc.p("**Partial report.** Only complete runs (trained to `trainer.max_epochs`, not diverged) enter the "
               "means, intervals and tests; the others are listed in *Runs* with their state and latest values.")
-    _answer(doc, sweep)
+    _answer(doc, sweep, main, columns)
     _how_to_read(doc, sorted({sum(r.status == COMPLETE for r in rs) for rs in _by_model(sweep.runs).values()} - {0, 1}))
-    _runs_section(doc, sweep, table)
+    _runs_section(doc, sweep, table, main, next((c[0] for c in columns if c[1] == main), main.removeprefix("val/")))
     for section in dict.fromkeys(r.section for r in sweep.runs):
-        _section(doc, section, [r for r in sweep.runs if r.section == section], extractors, out)
+        _section(doc, section, [r for r in sweep.runs if r.section == section], columns, main, out)
     _provenance(doc, sweep)
 
     (out / "report.md").write_text(doc.markdown())
@@ -153,46 +205,76 @@ def build_report(sweep_dir: str | Path, out_dir: str | Path | None = None) -> Pa
     return out
 
 
-def _answer(doc: Doc, sweep: Sweep) -> None:
-    """The answer in one sentence per budget: which model has the lowest final FID (retina), whether its lead
-    exceeds the seed spread, and the caveats."""
+def _better(a: float, b: float, better: str) -> bool:
+    target = {"half": 0.5, "one": 1.0}.get(better)
+    if target is not None:
+        return abs(a - target) < abs(b - target)
+    return a < b if better == "lower" else a > b
+
+
+def _answer(doc: Doc, sweep: Sweep, main: str, columns: list[tuple[str, str, str]]) -> None:
+    """The answer per budget: which model has the best final main metric, whether its lead exceeds the seed spread,
+    which model each other metric puts first (where they disagree, said so), and the caveats."""
     doc.h(2, "Answer")
+    main_label = next((label for label, key, _ in columns if key == main), main.removeprefix("val/"))
+    ext = extractor_of_key(main)
+    others = [(label, key, better) for label, key, better in columns if key != main and better != "one"
+              and (extractor_of_key(key) in (None, ext)) and key not in ("val/memorization",)]
     sentences = []
     for section in dict.fromkeys(r.section for r in sweep.runs):
-        complete = {m: [r.final("val/fid_retina") for r in rs if r.status == COMPLETE]
-                    for m, rs in _by_model([r for r in sweep.runs if r.section == section]).items()}
+        by_model = _by_model([r for r in sweep.runs if r.section == section])
+        complete = {m: [r.final(main) for r in rs if r.status == COMPLETE] for m, rs in by_model.items()}
         stats = {m: s for m, values in complete.items() if (s := summarize(values)) is not None}
         if len(stats) < 2:
             sentences.append(f"**{section}:** no answer yet: fewer than two models have a complete run with a final "
-                             "FID (retina).")
+                             f"{main_label}.")
             continue
         best = min(stats, key=lambda m: stats[m].mean)
-        others = [m for m in stats if m != best]
         tests = {(c.a, c.b): c for c in pairwise_welch(complete)}
         leads = []
-        for other in others:
+        for other in [m for m in stats if m != best]:
             c = tests.get((best, other)) or tests.get((other, best))
             if c is None:
                 leads.append(f"over {model_name(other)} not tested (fewer than 2 seeds)")
             else:
                 verdict = "exceeds" if c.p_holm < 0.05 else "does not exceed"
                 leads.append(f"over {model_name(other)} {verdict} the seed spread (Holm p = {c.p_holm:.2g})")
+        firsts, disagree = [], []
+        for label, key, better in others + [("C2ST accuracy", "c2st", "half")]:
+            values = {m: summarize([r.c2st if key == "c2st" else r.final(key) for r in rs if r.status == COMPLETE])
+                      for m, rs in by_model.items()}
+            values = {m: v for m, v in values.items() if v is not None}
+            if len(values) < 2:
+                continue
+            top = next(m for m in values if all(not _better(values[o].mean, values[m].mean, better) for o in values))
+            firsts.append(f"{label}: {model_name(top)}")
+            if top != best:
+                disagree.append(label)
         seeds = sorted({s.n for s in stats.values()})
         caveats = [f"{'-'.join(map(str, seeds))} seed{'s' if seeds[-1] > 1 else ''} per model (low power: *not "
-                   "shown* is not *equal*)", "FID in the retina classifier's features, not Inception's"]
+                   "shown* is not *equal*)", f"{main_label} is in the in-domain embedding checked in the README's "
+                   "validity table, not Inception's"]
         if any(r.status != COMPLETE for r in sweep.runs if r.section == section):
             caveats.append("some runs are not complete and are left out")
-        cells = ", ".join(f"{model_name(m)} {fmt_summary(stats[m], stats[m].n)[0]}" for m in [best, *others])
-        sentences.append(f"**{section}:** {model_name(best)} has the lowest final FID (retina) ({cells}); its lead "
-                         f"{'; '.join(leads)}. Caveats: {'; '.join(caveats)}.")
+        cells = ", ".join(f"{model_name(m)} {fmt_summary(stats[m], stats[m].n)[0]}"
+                          for m in sorted(stats, key=lambda m: stats[m].mean))
+        agreement = (f"The other metrics put first: {'; '.join(firsts)}. "
+                     + (f"**They disagree with {main_label} on {', '.join(disagree)}**: read those before calling a "
+                        "winner." if disagree else f"Every one agrees with {main_label}.")) if firsts else ""
+        sentences.append(f"**{section}:** {model_name(best)} has the lowest final {main_label} ({cells}); its lead "
+                         f"{'; '.join(leads)}. {agreement} Caveats: {'; '.join(caveats)}.")
     doc.p("\n\n".join(sentences))
 
 
 def _how_to_read(doc: Doc, seed_counts: list[int]) -> None:
     doc.h(2, "How to read this")
-    doc.p("- **Extractors.** `retina`: features of a RetinaMNIST classifier (in-domain); `inception`: Inception-v3 "
-          "(torch-fidelity's weights; *not measured* when a run had no access to them). FID and KID compare "
-          "generated images with the training split; IS is the classifier's Inception Score.\n"
+    doc.p("- **Extractors.** `retina_v2`: the in-domain embedding the README's validity table checks (it sees noise, "
+          "checkerboards, blur and collapse); `retina`: the grade classifier (IS over the 5 grades; its FID is nearly "
+          "blind to noise and checkerboards, kept for comparison); `inception`: Inception-v3 (torch-fidelity's "
+          "weights; *not measured* when a run had no access to them). FID, KID, precision/recall/density/coverage "
+          "compare generated images with the training split in an embedding; spectral_distance compares power "
+          "spectra (texture); C2ST is a classifier's held-out accuracy at telling the final model's samples from "
+          "real ones (0.5: indistinguishable).\n"
           "- **final** = the last validation of the run; **best** = the best value of that same metric over all "
           "validations (lowest FID/KID, highest IS). *best* is chosen on the evaluation itself, so it is optimistic.\n"
           "- **mean ± sd** over seeds (sample standard deviation), **95% CI** = Student's t-interval of the mean "
@@ -200,7 +282,8 @@ def _how_to_read(doc: Doc, seed_counts: list[int]) -> None:
           "significant digits); an interval marked * is cut at the lowest possible value (0 for FID, "
           "memorization, steps and times; 1 for IS).\n"
           "- **memorization** = median distance of generated images to their nearest training image / the same for "
-          "unseen test images; well below 1.0 means copying.\n"
+          "unseen test images; well below 1.0 means copying. **copy_fraction**: the share of samples nearer a "
+          "training image than 95 % of unseen real images are (0.05 for real images).\n"
           "- **The blog's numbers** are shown beside ours but are not comparable: one run each, presumably "
           "Inception-based, with an unknown protocol (sample count, reference set); `IS = 1.00` for every model "
           "and identical FIDs for two different models suggest an evaluation bug.")
@@ -214,24 +297,23 @@ def _t_note(seed_counts: list[int]) -> str:
     return f"with few seeds it is wide by construction (with {ts})."
 
 
-def _runs_section(doc: Doc, sweep: Sweep, table: pd.DataFrame) -> None:
+def _runs_section(doc: Doc, sweep: Sweep, table: pd.DataFrame, main: str, label: str) -> None:
     doc.h(2, "Runs")
-    header = ["job", "group", "model", "seed", "status", "detail", "final FID (retina)", "best FID (retina) @ epoch",
+    name = main.removeprefix("val/")
+    header = ["job", "group", "model", "seed", "status", "detail", f"final {label}", f"best {label} @ epoch",
               "generator steps", "critic steps", "wall time (min)"]
     rows = []
     for _, r in table.iterrows():
-        best = (f"{fmt(r['fid_retina_best'])} @ {int(r['fid_retina_best_epoch'])}"
-                if pd.notna(r["fid_retina_best_epoch"]) else "missing")
+        final = r.get(f"{name}_final")
+        epoch = r.get(f"{name}_best_epoch")
+        best = f"{fmt(r[f'{name}_best'])} @ {int(epoch)}" if epoch is not None and pd.notna(epoch) else "missing"
         rows.append([r["job"], r["section"], model_name(r["model"]), r["seed"], r["status"], r["detail"],
-                     fmt(r["fid_retina_final"]), best, fmt(r["generator_steps"]), fmt(r["critic_steps"]),
-                     fmt(r["wall_time_min"])])
+                     fmt(final if final is not None and pd.notna(final) else None), best, fmt(r["generator_steps"]),
+                     fmt(r["critic_steps"]), fmt(r["wall_time_min"])])
     doc.table(header, rows)
-    gaps = [f"`{run.job}`: " + ", ".join(k for k in ("val/fid_retina", "val/kid_retina_mean", "val/is_retina",
-                                                     "val/memorization", "train/generator_steps")
-                                         if run.final(k) is None)
-            for run in sweep.runs if run.path is not None and any(
-                run.final(k) is None for k in ("val/fid_retina", "val/kid_retina_mean", "val/is_retina",
-                                                "val/memorization", "train/generator_steps"))]
+    expected = (main, "val/memorization", "train/generator_steps")
+    gaps = [f"`{run.job}`: " + ", ".join(k for k in expected if run.final(k) is None)
+            for run in sweep.runs if run.path is not None and any(run.final(k) is None for k in expected)]
     if gaps:
         doc.p("**Missing values** (never logged: shown as *missing*, never as 0, and left out of the statistics):\n"
               + "\n".join(f"- {g}" for g in gaps))
@@ -239,7 +321,8 @@ def _runs_section(doc: Doc, sweep: Sweep, table: pd.DataFrame) -> None:
           "before training) to its last logged value; start-up before the logger existed is not counted.")
 
 
-def _section(doc: Doc, section: str, runs: list[Run], extractors: list[str], out: Path) -> None:
+def _section(doc: Doc, section: str, runs: list[Run], columns: list[tuple[str, str, str]], main: str,
+             out: Path) -> None:
     folder = _slug(section)
     (out / folder).mkdir(exist_ok=True)
     by_model = _by_model(runs)
@@ -250,17 +333,24 @@ def _section(doc: Doc, section: str, runs: list[Run], extractors: list[str], out
     complete = {m: [r for r in rs if r.status == COMPLETE] for m, rs in by_model.items()}
 
     doc.h(3, "Summary")
-    header = ["model", "complete seeds", "final FID (retina)", "final KID (retina)", "final IS (retina)",
-              "final memorization", "generator steps", "critic steps", "wall time (min)"]
+    ext = extractor_of_key(main)
+    headline = [(label, key) for label, key, _ in columns
+                if key == main or extractor_of_key(key) in (None, ext) or key.startswith("val/is_")]
+    header = ["model", "complete seeds", *[f"final {label}" for label, _ in headline], "C2ST accuracy",
+              "generator steps", "wall time (min)"]
     rows = []
     for model, rs in by_model.items():
         ok = complete[model]
         cells = [fmt_summary(summarize([r.final(k) for r in ok]), len(ok))[0]
-                 for k in ("val/fid_retina", "val/kid_retina_mean", "val/is_retina", "val/memorization",
-                           "train/generator_steps", "train/critic_steps")]  # mean ± sd only: no floor needed
+                 for _, k in headline]  # mean ± sd only: no floor needed
+        c2st = fmt_summary(summarize([r.c2st for r in ok]), len(ok))[0]
+        steps = fmt_summary(summarize([r.final("train/generator_steps") for r in ok]), len(ok))[0]
         wall = fmt_summary(summarize([_minutes(r) for r in ok]), len(ok))[0]
-        rows.append([model_name(model), f"{len(ok)} of {len(rs)}", *cells, wall])
+        rows.append([model_name(model), f"{len(ok)} of {len(rs)}", *cells, c2st, steps, wall])
     doc.table(header, rows)
+    doc.p("Arrows: FID, KID, spectral_distance and copy_fraction lower is better; precision, recall, coverage and IS "
+          "higher; density near 1; memorization above 1 (below: closer to the training set than unseen real images); "
+          "C2ST accuracy near 0.5.")
 
     for model, rs in by_model.items():
         ok = complete[model]
@@ -271,27 +361,30 @@ def _section(doc: Doc, section: str, runs: list[Run], extractors: list[str], out
         header = ["metric", "final: mean ± sd", "final: 95% CI (t)", "best: mean ± sd", "best: 95% CI (t)",
                   BLOG_HEADER]
         rows = []
-        for ext in extractors:
-            for short, label, key, lower in METRICS:
-                key = key.format(ext=ext)
-                final = fmt_summary(summarize([r.final(key) for r in ok]), len(ok), FLOORS[short])
-                best = fmt_summary(summarize([b[0] if (b := r.best(key, lower)) else None for r in ok]), len(ok),
-                                   FLOORS[short])
-                if ext == "inception" and all(r.final(key) is None for r in rs):
-                    final = best = ("not measured", "not measured")
-                blog = BLOG.get(model, {}).get(short) if ext == "inception" else None
-                rows.append([f"{label} ({ext})", *final, *best, f"{blog:.2f}" if blog is not None else ""])
-        for label, key in (("memorization", "val/memorization"), ("generator steps", "train/generator_steps"),
-                           ("critic steps", "train/critic_steps")):
+        for label, key, better in columns:
+            final = fmt_summary(summarize([r.final(key) for r in ok]), len(ok), floor_of(key))
+            best = fmt_summary(summarize([b[0] if (b := r.best(key, better == "lower")) else None for r in ok]),
+                               len(ok), floor_of(key)) if better in ("lower", "higher") else ("n/a", "n/a")
+            short = key.removeprefix("val/").split("_")[0]
+            blog = BLOG.get(model, {}).get(short) if key.endswith("_inception") else None
+            rows.append([label, *final, *best, f"{blog:.2f}" if blog is not None else ""])
+        if not any(key.endswith("_inception") for _, key, _ in columns):
+            blog = BLOG.get(model, {}).get("fid")
+            rows.append(["FID (inception)", "not measured", "not measured", "not measured", "not measured",
+                         f"{blog:.2f}" if blog is not None else ""])
+        rows.append(["C2ST accuracy (final model)", *fmt_summary(summarize([r.c2st for r in ok]), len(ok), 0.0),
+                     "", "", ""])
+        for label, key in (("generator steps", "train/generator_steps"), ("critic steps", "train/critic_steps")):
             rows.append([label, *fmt_summary(summarize([r.final(key) for r in ok]), len(ok), 0.0), "", "", ""])
         rows.append(["wall time (min)", *fmt_summary(summarize([_minutes(r) for r in ok]), len(ok), 0.0), "", "", ""])
         doc.table(header, rows)
+        _samples_figure(doc, section, model, rs, out, folder)
 
-    _pairwise(doc, complete, extractors)
-    _figures(doc, section, by_model, extractors, out, folder)
+    _pairwise(doc, complete, columns)
+    _figures(doc, section, by_model, columns, main, out, folder)
 
 
-def _pairwise(doc: Doc, complete: dict[str, list[Run]], extractors: list[str]) -> None:
+def _pairwise(doc: Doc, complete: dict[str, list[Run]], columns: list[tuple[str, str, str]]) -> None:
     doc.h(3, "Pairwise comparison")
     seeds = sorted({len(rs) for rs in complete.values()})
     doc.p("Which differences between models exceed the seed-to-seed spread: **Welch's t-test** (unequal variances) "
@@ -300,8 +393,7 @@ def _pairwise(doc: Doc, complete: dict[str, list[Run]], extractors: list[str]) -
           "model the test has **low power**: only large, consistent differences reach significance, and *no* means "
           "*not shown*, not *equal*. Pairs with fewer than 2 seeds on a side are not tested.")
     rows = []
-    keys = [(f"{label} ({ext})", key.format(ext=ext)) for ext in extractors for _, label, key, _ in METRICS]
-    for label, key in keys + [("memorization", "val/memorization")]:
+    for label, key in [(label, key) for label, key, _ in columns]:
         for c in pairwise_welch({m: [r.final(key) for r in rs] for m, rs in complete.items()}):
             rows.append([label, f"{model_name(c.a)} − {model_name(c.b)}", fmt(c.difference),
                          f"{c.t:.2f} ({c.df:.1f})" if math.isfinite(c.t) else "n/a", f"{c.p:.3g}",
@@ -313,8 +405,8 @@ def _pairwise(doc: Doc, complete: dict[str, list[Run]], extractors: list[str]) -
         doc.p("*No pair has 2 or more complete seeds on both sides: nothing to test.*")
 
 
-def _figures(doc: Doc, section: str, by_model: dict[str, list[Run]], extractors: list[str], out: Path,
-             folder: str) -> None:
+def _figures(doc: Doc, section: str, by_model: dict[str, list[Run]], columns: list[tuple[str, str, str]], main: str,
+             out: Path, folder: str) -> None:
     doc.h(3, "Figures")
     band = "line: mean over seeds; band: min to max over seeds (all runs with a value at that epoch)"
     losses = [
@@ -327,42 +419,45 @@ def _figures(doc: Doc, section: str, by_model: dict[str, list[Run]], extractors:
     for name, models, key, title, ylabel in losses:
         if figures.curves(models, key, f"{title}, {section}", ylabel, out / folder / name):
             doc.figure(f"{folder}/{name}", f"{title} per epoch (`{key}`); {band}.")
-    for ext in extractors:
-        for short, label, key, _ in METRICS:
-            name = f"{short}-{ext}.png"
-            if figures.curves(by_model, key.format(ext=ext), f"{label} ({ext}), {section}", label,
-                              out / folder / name):
-                doc.figure(f"{folder}/{name}", f"{label} ({ext}) at each validation (`{key.format(ext=ext)}`); {band}.")
+    ext = extractor_of_key(main)
+    for label, key, _ in columns:
+        if extractor_of_key(key) not in (None, ext) and not key.startswith("val/fid_"):
+            continue  # every metric of the main embedding and the pixel metrics; only FID of the other extractors
+        name = f"{_slug(key.removeprefix('val/'))}.png"
+        if figures.curves(by_model, key, f"{label}, {section}", label, out / folder / name):
+            doc.figure(f"{folder}/{name}", f"{label} at each validation (`{key}`); {band}.")
 
-    real = None
-    for model, runs in by_model.items():
-        panels, notes = [], []
-        for run in runs:
-            if run.best_checkpoint is None:
-                notes.append(f"seed {run.seed}: no best checkpoint")
-                continue
-            try:
-                epoch = re.search(r"(\d+)", run.best_checkpoint.stem)
-                panels.append((f"seed {run.seed}, best (epoch {int(epoch.group(1)) if epoch else '?'})",
-                               figures.checkpoint_samples(run.best_checkpoint)))
-                if real is None:
-                    real = figures.real_samples(run.best_checkpoint)
-            except Exception as error:  # noqa: BLE001 - one unreadable checkpoint must not lose the report
-                notes.append(f"seed {run.seed}: {type(error).__name__}: {error}")
-        if panels:
-            name = f"samples-{model}.png"
-            figures.sample_grid(panels + ([("real (train split)", real)] if real is not None else []),
-                                f"{model_name(model)} ({section})", out / folder / name)
-            doc.figure(f"{folder}/{name}", f"{model_name(model)}: 16 samples from each seed's best checkpoint "
-                       "(lowest val/fid_retina), the same fixed noise for every model and seed; right: real images.")
-        if notes:
-            doc.p(f"{model_name(model)} samples: " + "; ".join(notes) + ".")
     for model, runs in by_model.items():
         name = f"memorization-{model}.png"
         if figures.per_seed(runs, "val/memorization", f"Memorization, {model_name(model)} ({section})",
                             "memorization ratio", out / folder / name, reference=1.0):
             doc.figure(f"{folder}/{name}", f"{model_name(model)}: `val/memorization` per seed; dashed: 1.0 "
                        "(samples as far from the training set as unseen real images); below it: closer (copying).")
+
+
+def _samples_figure(doc: Doc, section: str, model: str, runs: list[Run], out: Path, folder: str) -> None:
+    """16 samples from each seed's best checkpoint beside real images, right under the model's numbers."""
+    panels, notes, real = [], [], None
+    for run in runs:
+        if run.best_checkpoint is None:
+            notes.append(f"seed {run.seed}: no best checkpoint")
+            continue
+        try:
+            epoch = re.search(r"(\d+)", run.best_checkpoint.stem)
+            panels.append((f"seed {run.seed}, best (epoch {int(epoch.group(1)) if epoch else '?'})",
+                           figures.checkpoint_samples(run.best_checkpoint)))
+            if real is None:
+                real = figures.real_samples(run.best_checkpoint)
+        except Exception as error:  # noqa: BLE001 - one unreadable checkpoint must not lose the report
+            notes.append(f"seed {run.seed}: {type(error).__name__}: {error}")
+    if panels:
+        name = f"samples-{model}.png"
+        figures.sample_grid(panels + ([("real (train split)", real)] if real is not None else []),
+                            f"{model_name(model)} ({section})", out / folder / name)
+        doc.figure(f"{folder}/{name}", f"{model_name(model)}: 16 samples from each seed's best checkpoint "
+                   "(best main metric), the same fixed noise for every model and seed; right: real images.")
+    if notes:
+        doc.p(f"{model_name(model)} samples: " + "; ".join(notes) + ".")
 
 
 def _provenance(doc: Doc, sweep: Sweep) -> None:

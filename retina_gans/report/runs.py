@@ -42,6 +42,8 @@ class Run:
     detail: str = ""
     overrides: list[str] = field(default_factory=list)
     config_text: str = ""
+    config: dict = field(default_factory=dict)  # .hydra/config.yaml as plain data (not resolved)
+    c2st: float | None = None  # the two-sample test of the final model, when the report ran it
     max_epochs: int | None = None
     epochs: pd.DataFrame = field(default_factory=pd.DataFrame)
     wall_time_s: float | None = None
@@ -203,7 +205,7 @@ def load_run(run_dir: Path, root: Path, group_keys: list[str]) -> Run:
     section = ", ".join(labels.get(k) or choices.get(k) or "none" for k in _section_keys(group_keys))
     seed = labels.get("seed") or str(config.get("seed", "?"))
     run = Run(str(run_dir.relative_to(root)), run_dir, labels, model, section, seed, overrides=overrides,
-              config_text=config_text)
+              config_text=config_text, config=config)
     run.max_epochs = _max_epochs(run_dir)
     if (run_dir / "metrics.csv").exists():
         try:

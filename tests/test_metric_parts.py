@@ -1,0 +1,183 @@
+"""The metrics' small pure functions against closed forms, the damages against their definitions, the registry."""
+
+import pytest
+import torch
+
+from retina_gans.metrics import METRICS, GenerationMetrics, direction, memorization, metric_for_key
+from retina_gans.metrics import damage
+from retina_gans.metrics.c2st import c2st_accuracy
+from retina_gans.metrics.prdc import kth_neighbour_radii, prdc
+from retina_gans.metrics.spectrum import radial_power_spectrum, spectral_distance
+from tests.conftest import REAL_DATA_DIR
+from tests.metrics_fixtures import synthetic_fundus
+
+
+# ---- precision / recall / density / coverage ---------------------------------------------------------------
+def test_prdc_of_a_set_against_itself_is_perfect():
+    real = torch.randn(200, 8, generator=torch.Generator().manual_seed(0))
+    values = prdc(real, real.clone(), kth_neighbour_radii(real))
+    assert values["precision"] == 1 and values["recall"] == 1 and values["coverage"] == 1
+    assert values["density"] >= 1  # each sample lies in its own ball and in k-ish others
+
+
+def test_prdc_of_a_far_away_set_is_zero():
+    real = torch.randn(200, 8, generator=torch.Generator().manual_seed(0))
+    values = prdc(real, real + 100, kth_neighbour_radii(real))
+    assert all(v == 0 for v in values.values())
+
+
+def test_prdc_collapse_to_one_point_keeps_precision_and_loses_recall_and_coverage():
+    real = torch.randn(300, 8, generator=torch.Generator().manual_seed(0))
+    collapsed = real[:1].expand(300, -1).clone()  # every generated sample the same realistic point
+    values = prdc(real, collapsed, kth_neighbour_radii(real))
+    assert values["precision"] == 1
+    assert values["recall"] <= 1 / 300 and values["coverage"] <= 10 / 300
+
+
+def test_kth_neighbour_radii_excludes_the_point_itself():
+    points = torch.tensor([[0.0], [1.0], [3.0], [6.0]])
+    assert kth_neighbour_radii(points, k=1).tolist() == [1.0, 1.0, 2.0, 3.0]
+
+
+# ---- spectrum ----------------------------------------------------------------------------------------------
+def test_spectral_distance_is_zero_for_equal_sets_and_log10_of_a_power_ratio():
+    images = synthetic_fundus(50, 1, seed=0)
+    spectrum = radial_power_spectrum(images)
+    assert spectral_distance(spectrum, spectrum) == 0
+    assert spectral_distance(spectrum, 10 * spectrum).item() == pytest.approx(1.0)  # 10x the power everywhere
+
+
+def test_spectral_distance_sees_noise_blur_and_checkerboards():
+    images = synthetic_fundus(100, 1, seed=0)
+    real = radial_power_spectrum(images)
+    g = torch.Generator().manual_seed(0)
+    for damaged in (damage.gaussian_noise(images, 0.1, g), damage.gaussian_blur(images, 1.0),
+                    damage.checkerboard(images, 20)):
+        assert spectral_distance(real, radial_power_spectrum(damaged)) > 0.05
+
+
+def test_radial_power_spectrum_of_a_checkerboard_peaks_at_the_highest_frequency():
+    flat = torch.full((4, 1, 28, 28), 128, dtype=torch.uint8)
+    spectrum = radial_power_spectrum(damage.checkerboard(flat, 10))
+    assert spectrum.argmax() == len(spectrum) - 1 or spectrum[1:-1].max() < 1e-6 * spectrum.max()
+
+
+# ---- memorization and copies -------------------------------------------------------------------------------
+def test_copy_fraction_is_about_five_percent_for_unseen_real_images_and_one_for_copies():
+    train, test = synthetic_fundus(300, 1, seed=0), synthetic_fundus(200, 1, seed=1)
+    assert memorization(test, train, test)["copy_fraction"].item() == pytest.approx(0.05, abs=0.01)
+    copies = memorization(train[:100].clone(), train, test)
+    assert copies["copy_fraction"] == 1 and copies["memorization"].item() == pytest.approx(0.0, abs=1e-5)
+
+
+# ---- the two-sample test -----------------------------------------------------------------------------------
+def test_c2st_is_near_chance_for_one_distribution_and_near_one_for_two():
+    a, b = synthetic_fundus(200, 1, seed=0), synthetic_fundus(200, 1, seed=1)
+    same = c2st_accuracy(a, b, seed=0, epochs=5).item()
+    assert 0.35 <= same <= 0.65
+    different = c2st_accuracy(a, damage.checkerboard(b, 40), seed=0, epochs=5).item()
+    assert different >= 0.9
+
+
+def test_c2st_leaves_the_global_rng_untouched_and_repeats():
+    a, b = synthetic_fundus(60, 1, seed=0), synthetic_fundus(60, 1, seed=1)
+    torch.manual_seed(5)
+    first = c2st_accuracy(a, b, seed=0, epochs=2)
+    after = torch.rand(1)
+    torch.manual_seed(5)
+    assert torch.equal(first, c2st_accuracy(a, b, seed=0, epochs=2)) and torch.equal(after, torch.rand(1))
+
+
+# ---- damages -------------------------------------------------------------------------------------------------
+def test_damages_keep_shape_and_dtype_and_have_their_stated_size():
+    images = torch.full((200, 1, 28, 28), 128, dtype=torch.uint8)
+    g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    noisy = damage.gaussian_noise(images, 0.1, g())
+    assert noisy.dtype == torch.uint8 and noisy.shape == images.shape
+    assert (noisy.float() / 127.5).std().item() == pytest.approx(0.1, rel=0.05)  # sigma in [-1, 1] units
+    board = damage.checkerboard(images, 10).float() - 128
+    assert set(board.unique().tolist()) == {-10.0, 10.0} and board[0, 0, 0, 0] == -board[0, 0, 0, 1]
+    hit = damage.salt_and_pepper(images, 0.01, g()) != 128
+    assert hit.float().mean().item() == pytest.approx(0.01, rel=0.2)
+    assert (damage.black_rectangles(images, 1, g()) == 0).sum(dim=(1, 2, 3)).eq(25).all()
+    assert torch.equal(damage.gaussian_blur(images, 1.0), images)  # a flat image stays flat
+    assert torch.equal(damage.swirl(images, 0), images)
+
+
+def test_set_damages_collapse_drop_and_copy_as_stated():
+    images = synthetic_fundus(100, 1, seed=0)
+    labels = torch.arange(100) % 5
+    g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    collapsed = damage.mode_collapse(images, 10, g())
+    assert len(collapsed) == 100 and len(torch.unique(collapsed.flatten(1), dim=0)) == 10
+    dropped = damage.drop_grades(images, 2, g(), labels)
+    allowed = {tuple(x.flatten().tolist()) for x in images[labels < 3]}
+    assert len(dropped) == 100 and all(tuple(x.flatten().tolist()) in allowed for x in dropped)
+    train = synthetic_fundus(50, 1, seed=9)
+    copied = damage.copy_training(images, 0.5, g(), train)
+    train_rows = {tuple(x.flatten().tolist()) for x in train}
+    assert sum(tuple(x.flatten().tolist()) in train_rows for x in copied) == 50
+
+
+# ---- the registry --------------------------------------------------------------------------------------------
+def test_every_logged_key_belongs_to_a_registered_metric_with_a_direction():
+    metrics = GenerationMetrics(["retina"], None, 1, metrics=list(METRICS))
+    images = synthetic_fundus(60, 1, seed=0)
+    metrics.set_reference(images, images, images)
+    values = metrics.compute(synthetic_fundus(60, 1, seed=1))
+    assert "c2st_accuracy" in values
+    for key in values:
+        assert metric_for_key(key) is not None, key
+        assert direction(key) in ("lower", "higher", "half", "one")
+    assert direction("val/fid_retina_v2") == "lower" and direction("coverage_retina_v2") == "higher"
+    assert direction("c2st_accuracy") == "half" and direction("copy_fraction") == "lower"
+
+
+def test_generation_metrics_default_leaves_out_the_slow_metrics():
+    names = GenerationMetrics(["retina"], None, 1).metric_names
+    assert "c2st" not in names and {"fid", "kid", "prdc", "is", "spectrum", "memorization"} <= set(names)
+
+
+def test_generation_metrics_rejects_an_unknown_metric_name():
+    with pytest.raises(ValueError, match="unknown metric"):
+        GenerationMetrics(["retina"], None, 1, metrics=["fid", "sharpness"])
+
+
+# ---- the validity check on the real data (reduced) -------------------------------------------------------------
+@pytest.mark.real_data
+@pytest.mark.slow
+def test_validity_quick_run_meets_the_main_fid_requirements(tmp_path):
+    if not (REAL_DATA_DIR / "retinamnist.npz").is_file():
+        pytest.skip("real data not available")
+    from retina_gans.metrics import validity
+
+    assert validity.main(["--data-root", str(REAL_DATA_DIR), "--quick", "--no-c2st", "--out-dir", str(tmp_path / "v")]) == 0
+    import json
+
+    result = json.loads((tmp_path / "v" / "validity.json").read_text())
+    checks = {c["statement"].split(" (")[0]: c["passed"] for c in result["requirements"]}
+    assert checks and all(checks.values()), result["requirements"]
+    assert (tmp_path / "v" / "validity.png").stat().st_size > 0
+
+
+# ---- the retina_v2 embedding: its recipe and its committed weights ---------------------------------------------
+def test_retina_embedding_training_is_reproducible_and_leaves_no_global_flags():
+    from retina_gans.metrics.retina_embedding import train_embedding
+
+    images = synthetic_fundus(216, 1, seed=0)
+    first = train_embedding(images, 1, epochs=1, seed=0)
+    second = train_embedding(images, 1, epochs=1, seed=0)
+    assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), second.state_dict().values()))
+    assert not torch.are_deterministic_algorithms_enabled()  # only the command line sets it, in its own process
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_retina_v2_assets_load_and_name_the_command_that_made_them(channels):
+    from retina_gans.metrics.retina_embedding import load_retina_embedding, weights_file
+
+    saved = torch.load(weights_file(channels), map_location="cpu", weights_only=True)
+    assert saved["command"].startswith(f"python -m retina_gans.metrics.retina_embedding --channels {channels} ")
+    net = load_retina_embedding(channels)
+    embedding = net(torch.zeros(2, channels, 28, 28))
+    assert embedding.shape == (2, 128) and not net.training
+    assert not any(p.requires_grad for p in net.parameters())
