@@ -292,3 +292,31 @@ def test_a_refused_start_in_a_runs_folder_keeps_every_file(case, finished_run, s
     after = _files(run)
     assert after.pop("train.log").startswith(before.pop("train.log", b""))  # appended to, never replaced
     assert after == before
+
+
+@pytest.mark.slow
+def test_a_second_run_into_a_running_runs_folder_is_refused_and_the_first_goes_on(synthetic_data_dir, tmp_path):
+    import signal
+    import time
+
+    run = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(PROJECT)}
+    command = [sys.executable, "-m", "retina_gans.train", f"data.root={synthetic_data_dir}",
+               *[o for o in FAST if o != "trainer.max_epochs=1"], f"hydra.run.dir={run}"]
+    first = subprocess.Popen([*command, "trainer.max_epochs=500"], cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (run / "metrics.csv").exists() and first.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)  # the first run is training (its lock taken before it wrote anything)
+        second = subprocess.run([*command, "model=wgan"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                                timeout=300)
+        assert second.returncode == 2, second.stderr[-2000:]
+        assert f"run folder {run} is in use by process {first.pid}" in second.stderr
+        assert first.poll() is None  # still training
+    finally:
+        first.send_signal(signal.SIGTERM)
+        first.communicate(timeout=300)
+    assert first.returncode == 143
+    assert "wgan" not in (run / ".hydra" / "overrides.yaml").read_text()
+    assert read_checkpoint(run / "checkpoints" / "last.ckpt")["run_config"]["model"]["_target_"].endswith("LSGAN")
