@@ -2,6 +2,7 @@
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 
 def least_squares_critic(real_scores: Tensor, fake_scores: Tensor) -> Tensor:
@@ -27,6 +28,36 @@ def wasserstein_critic(real_scores: Tensor, fake_scores: Tensor) -> Tensor:
 def wasserstein_generator(fake_scores: Tensor) -> Tensor:
     """The generator raises the critic's score of its samples: -E[critic(fake)]."""
     return -fake_scores.mean()
+
+
+def non_saturating_critic(real_scores: Tensor, fake_scores: Tensor) -> Tensor:
+    """Binary cross-entropy of real=1, fake=0 on logits: softplus(-real) + softplus(fake) (Goodfellow et al. 2014)."""
+    return F.softplus(-real_scores).mean() + F.softplus(fake_scores).mean()
+
+
+def non_saturating_generator(fake_scores: Tensor) -> Tensor:
+    """-log sigmoid(critic(fake)): the generator loss that does not saturate early (Goodfellow et al. 2014, sec. 3)."""
+    return F.softplus(-fake_scores).mean()
+
+
+def hinge_critic(real_scores: Tensor, fake_scores: Tensor) -> Tensor:
+    """E[relu(1 - critic(real))] + E[relu(1 + critic(fake))] (Lim & Ye 2017; Miyato et al. 2018, eq. 16)."""
+    return F.relu(1.0 - real_scores).mean() + F.relu(1.0 + fake_scores).mean()
+
+
+def hinge_generator(fake_scores: Tensor) -> Tensor:
+    """-E[critic(fake)], as the Wasserstein generator (Miyato et al. 2018, eq. 17)."""
+    return -fake_scores.mean()
+
+
+def r1_penalty(critic: nn.Module, real: Tensor, grad_scale: float = 1.0) -> Tensor:
+    """E[||grad_x critic(x)||^2] at real images (Mescheder et al. 2018, eq. 9, without the gamma / 2 factor).
+
+    `grad_scale`: as in `gradient_penalty`, the float16 loss scale (1.0 otherwise).
+    """
+    real = real.detach().requires_grad_(True)  # (N, C, H, W)
+    (grads,) = torch.autograd.grad(critic(real).sum() * grad_scale, real, create_graph=True)
+    return (grads.float() / grad_scale).flatten(1).square().sum(1).mean()
 
 
 def gradient_penalty(critic: nn.Module, real: Tensor, fake: Tensor, grad_scale: float = 1.0) -> Tensor:

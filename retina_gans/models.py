@@ -1,4 +1,6 @@
-"""The GAN LightningModule (schedule, sampling, logging, metrics) and the three variants (their losses only).
+"""The GAN LightningModule (schedule, sampling, logging, metrics) and the named variants, each a class assembled
+from parts: an objective (`retina_gans.objectives`) and critic regularizers (`retina_gans.regularizers`). Hybrids need
+no class: `_target_: retina_gans.models.GAN` with `objective` and `regularizers` in the config.
 
 Counting: Lightning's `trainer.global_step` counts every `optimizer.step()` of both optimizers
 (Lightning issue #17958), so `trainer.max_steps` bounds critic + generator steps together. The
@@ -19,9 +21,8 @@ from omegaconf import OmegaConf
 from torch import Tensor, nn
 from torchmetrics.utilities.distributed import gather_all_tensors
 
-from retina_gans import losses
+from retina_gans import objectives, regularizers
 from retina_gans.metrics import GenerationMetrics, memorization_ratio, resolve_extractors
-from retina_gans.networks import has_batch_norm
 from retina_gans.pixels import to_uint8
 from retina_gans.sample_grid import write_sample_grid
 from retina_gans.training_log import TrainingLog
@@ -41,9 +42,11 @@ def training_extractors(requested: list[str] | str) -> list[str] | str:
 
 
 class GAN(L.LightningModule):
-    """A generator and a critic trained alternately by manual optimization; subclasses supply the losses."""
+    """A generator and a critic trained alternately by manual optimization, with an objective and critic regularizers.
 
-    critic_compilable = True
+    `variant`: how reports show it ({name, color, family}: display name, matplotlib colour, loss family); from the
+    variant's conf/model file (absent from checkpoints written before it existed).
+    """
 
     def __init__(
         self,
@@ -56,6 +59,9 @@ class GAN(L.LightningModule):
         n_grid_samples: int,
         metrics: dict[str, Any],
         compile: bool,
+        objective: objectives.Objective,
+        regularizers: list[regularizers.Regularizer],
+        variant: dict[str, str] | None = None,
     ) -> None:
         super().__init__()
         if n_critic < 1:
@@ -63,11 +69,16 @@ class GAN(L.LightningModule):
         self.automatic_optimization = False
         self.generator = generator
         self.critic = critic
+        self.objective = objective
+        self.regularizers = list(regularizers)
+        for regularizer in self.regularizers:
+            regularizer.attach(self.critic)
+        self.variant = dict(variant or {})
         self.generator_optimizer = generator_optimizer
         self.critic_optimizer = critic_optimizer
         if compile:  # in place (nn.Module.compile), so state_dict keys and checkpoints are unchanged
             self.generator.compile()
-            if self.critic_compilable:
+            if not any(r.double_backward for r in self.regularizers):  # torch.compile has no double backward
                 self.critic.compile()
         self.latent_dim = latent_dim
         self.n_critic = n_critic
@@ -83,16 +94,30 @@ class GAN(L.LightningModule):
         self.run_config: dict[str, Any] | None = None  # the composed Hydra config, set by `train`
         self._generated: list[Tensor] = []
 
-    # ---- what a variant defines -------------------------------------------------------------
+    # ---- the parts, called by the training step and by the benchmark's bare loop -------------------------
     def critic_loss(self, real: Tensor, fake: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        """The critic's loss on a real and a (detached) fake batch, plus extra values to log."""
-        raise NotImplementedError
+        """The critic's loss on a real and a (detached) fake batch, penalties included, plus extra values to log."""
+        loss, extra = self.objective.critic_loss(self.critic(real), self.critic(fake))
+        for regularizer in self.regularizers:
+            term, values = regularizer.penalty(self.critic, real, fake, self.critic_steps + 1, self._grad_scale)
+            if term is not None:
+                loss = loss + term
+            extra |= values
+        return loss, extra
 
     def generator_loss(self, fake: Tensor) -> Tensor:
-        raise NotImplementedError
+        return self.objective.generator_loss(self.critic(fake))
 
     def constrain_critic(self) -> None:
-        """Called after every critic step (WGAN clips weights here)."""
+        """Called after every critic step (weight clipping acts here)."""
+        for regularizer in self.regularizers:
+            regularizer.after_step(self.critic)
+
+    def _grad_scale(self) -> float:
+        """The float16 loss scale (Lightning's scaler under 16-mixed; it syncs), else 1.0: penalties on input
+        gradients undo it (PyTorch's AMP recipe)."""
+        scaler = getattr(getattr(self._trainer, "precision_plugin", None), "scaler", None)
+        return scaler.get_scale() if scaler else 1.0
 
     # ---- the schedule -------------------------------------------------------------------------
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
@@ -244,62 +269,52 @@ class GAN(L.LightningModule):
 
 
 class LSGAN(GAN):
-    """Least-squares GAN (Mao et al. 2017): the critic regresses real to 1 and fake to 0."""
+    """Least-squares GAN (Mao et al. 2017): the least-squares objective, no critic constraint."""
 
-    def critic_loss(self, real: Tensor, fake: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        return losses.least_squares_critic(self.critic(real), self.critic(fake)), {}
-
-    def generator_loss(self, fake: Tensor) -> Tensor:
-        return losses.least_squares_generator(self.critic(fake))
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(objective=objectives.LeastSquares(), regularizers=[], **kwargs)
 
 
-class WassersteinGAN(GAN):
-    """Shared by both WGANs: the critic estimates the Wasserstein-1 distance; only the Lipschitz constraint differs."""
-
-    def critic_loss(self, real: Tensor, fake: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        real_scores, fake_scores = self.critic(real), self.critic(fake)
-        extra = {"wasserstein_distance": losses.wasserstein_estimate(real_scores, fake_scores).detach()}
-        return losses.wasserstein_critic(real_scores, fake_scores), extra
-
-    def generator_loss(self, fake: Tensor) -> Tensor:
-        return losses.wasserstein_generator(self.critic(fake))
-
-
-class WGAN(WassersteinGAN):
+class WGAN(GAN):
     """WGAN with weight clipping (Arjovsky et al. 2017): every critic parameter is clamped to [-c, c] after each step."""
 
-    def __init__(self, *args: Any, clip_value: float, **kwargs: Any) -> None:
-        if not clip_value > 0:
-            raise ValueError(f"model.clip_value must be > 0 (weights are clamped to [-c, c]), got {clip_value}")
-        super().__init__(*args, **kwargs)
-        self.clip_value = clip_value
-
-    @torch.no_grad()
-    def constrain_critic(self) -> None:
-        c = self.clip_value
-        for p in self.critic.parameters():
-            p.clamp_(-c, c)
+    def __init__(self, *, clip_value: float, **kwargs: Any) -> None:
+        super().__init__(objective=objectives.Wasserstein(), regularizers=[regularizers.WeightClipping(clip_value)],
+                         **kwargs)
 
 
-class WGANGP(WassersteinGAN):
+class WGANGP(GAN):
     """WGAN with gradient penalty (Gulrajani et al. 2017); no weight clipping."""
 
-    critic_compilable = False  # the penalty differentiates through a gradient; torch.compile has no double backward
+    def __init__(self, *, gp_weight: float, **kwargs: Any) -> None:
+        super().__init__(objective=objectives.Wasserstein(), regularizers=[regularizers.GradientPenalty(gp_weight)],
+                         **kwargs)
 
-    def __init__(self, *args: Any, gp_weight: float, **kwargs: Any) -> None:
-        if not gp_weight >= 0:
-            raise ValueError(f"model.gp_weight must be >= 0, got {gp_weight}")
-        super().__init__(*args, **kwargs)
-        self.gp_weight = gp_weight
-        if has_batch_norm(self.critic):
-            raise ValueError(
-                "WGAN-GP penalises per-sample critic gradients, which BatchNorm couples across the batch; "
-                "set model.critic.batch_norm=false"
-            )
 
-    def critic_loss(self, real: Tensor, fake: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        loss, extra = super().critic_loss(real, fake)
-        scaler = getattr(getattr(self._trainer, "precision_plugin", None), "scaler", None)  # set under 16-mixed
-        penalty = losses.gradient_penalty(self.critic, real, fake, scaler.get_scale() if scaler else 1.0)
-        extra["gradient_penalty"] = penalty.detach()
-        return loss + self.gp_weight * penalty, extra
+class NSGAN(GAN):
+    """The original GAN with the non-saturating generator loss (Goodfellow et al. 2014): DCGAN's baseline."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(objective=objectives.NonSaturating(), regularizers=[], **kwargs)
+
+
+class HingeGAN(GAN):
+    """Hinge-loss GAN (Lim & Ye 2017), no critic constraint."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(objective=objectives.Hinge(), regularizers=[], **kwargs)
+
+
+class LSGANGP(GAN):
+    """LS-GAN with the WGAN-GP gradient penalty: the hybrid of LS-GAN and WGAN the blog asked for."""
+
+    def __init__(self, *, gp_weight: float, **kwargs: Any) -> None:
+        super().__init__(objective=objectives.LeastSquares(), regularizers=[regularizers.GradientPenalty(gp_weight)],
+                         **kwargs)
+
+
+class SNGAN(GAN):
+    """Spectrally normalized GAN (Miyato et al. 2018): hinge loss, spectral norm on every critic layer."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(objective=objectives.Hinge(), regularizers=[regularizers.SpectralNorm()], **kwargs)

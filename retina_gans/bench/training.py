@@ -180,6 +180,7 @@ def bench_bare(cfg: DictConfig, warmup: int, steps: int, device: torch.device) -
             step(critic_opt, loss)
             gan.constrain_critic()
             critic_steps += 1
+            gan.critic_steps = critic_steps  # what a lazy regularizer (R1 every k steps) counts by
             if critic_steps % n_critic == 0:
                 critic.requires_grad_(False)  # what the Lightning path does: no critic weight gradients
                 with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):

@@ -1,0 +1,105 @@
+"""Critic constraints and penalties, independent of the objective: weight clipping, gradient penalty, R1 and spectral
+normalization. Each may change the critic once when the GAN is built (`attach`), add a term to the critic's loss
+(`penalty`), or act after each critic step (`after_step`).
+"""
+
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils.parametrizations import spectral_norm
+
+from retina_gans import losses
+from retina_gans.networks import has_batch_norm
+
+
+class Regularizer:
+    """A critic constraint or penalty; the default of each hook does nothing."""
+
+    double_backward = False  # differentiates through an input gradient: torch.compile cannot compile the critic
+
+    def attach(self, critic: nn.Module) -> None:
+        """Called once, when the GAN is built."""
+
+    def penalty(self, critic: nn.Module, real: Tensor, fake: Tensor, critic_step: int,
+                grad_scale: Callable[[], float]) -> tuple[Tensor | None, dict[str, Tensor]]:
+        """The weighted term added to the critic's loss at this (1-based) critic step, or None, and values to log."""
+        return None, {}
+
+    def after_step(self, critic: nn.Module) -> None:
+        """Called after every critic optimizer step."""
+
+
+def _per_sample(name: str, critic: nn.Module) -> None:
+    if has_batch_norm(critic):
+        raise ValueError(f"{name} penalises per-sample critic gradients, which BatchNorm couples across the batch; "
+                         "set model.critic.batch_norm=false")
+
+
+class WeightClipping(Regularizer):
+    """Every critic parameter clamped to [-clip_value, clip_value] after each step (Arjovsky et al. 2017)."""
+
+    def __init__(self, clip_value: float) -> None:
+        if not clip_value > 0:
+            raise ValueError(f"model.clip_value must be > 0 (weights are clamped to [-c, c]), got {clip_value}")
+        self.clip_value = clip_value
+
+    @torch.no_grad()
+    def after_step(self, critic: nn.Module) -> None:
+        c = self.clip_value
+        for p in critic.parameters():
+            p.clamp_(-c, c)
+
+
+class GradientPenalty(Regularizer):
+    """weight * E[(||grad critic(x_hat)|| - 1)^2] at real/fake interpolates (Gulrajani et al. 2017), logged as
+    `gradient_penalty` (unweighted)."""
+
+    double_backward = True
+
+    def __init__(self, weight: float) -> None:
+        if not weight >= 0:
+            raise ValueError(f"model.gp_weight must be >= 0, got {weight}")
+        self.weight = weight
+
+    def attach(self, critic: nn.Module) -> None:
+        _per_sample("The gradient penalty", critic)
+
+    def penalty(self, critic: nn.Module, real: Tensor, fake: Tensor, critic_step: int,
+                grad_scale: Callable[[], float]) -> tuple[Tensor | None, dict[str, Tensor]]:
+        value = losses.gradient_penalty(critic, real, fake, grad_scale())
+        return self.weight * value, {"gradient_penalty": value.detach()}
+
+
+class R1(Regularizer):
+    """gamma / 2 * E[||grad critic(x)||^2] on real images (Mescheder et al. 2018), logged as `r1_penalty`. Lazy with
+    `interval` > 1: computed every interval-th critic step and scaled by interval (Karras et al. 2020, sec. B)."""
+
+    double_backward = True
+
+    def __init__(self, gamma: float, interval: int) -> None:
+        if not gamma >= 0:
+            raise ValueError(f"R1 gamma must be >= 0, got {gamma}")
+        if not (isinstance(interval, int) and interval >= 1):
+            raise ValueError(f"R1 interval must be an integer >= 1 (critic steps between penalties), got {interval}")
+        self.gamma, self.interval = gamma, interval
+
+    def attach(self, critic: nn.Module) -> None:
+        _per_sample("R1", critic)
+
+    def penalty(self, critic: nn.Module, real: Tensor, fake: Tensor, critic_step: int,
+                grad_scale: Callable[[], float]) -> tuple[Tensor | None, dict[str, Tensor]]:
+        if critic_step % self.interval:
+            return None, {}
+        value = losses.r1_penalty(critic, real, grad_scale())
+        return 0.5 * self.gamma * self.interval * value, {"r1_penalty": value.detach()}
+
+
+class SpectralNorm(Regularizer):
+    """Every conv and linear weight of the critic divided by its largest singular value, estimated by one power
+    iteration per forward pass (Miyato et al. 2018; torch.nn.utils.parametrizations.spectral_norm)."""
+
+    def attach(self, critic: nn.Module) -> None:
+        for module in list(critic.modules()):
+            if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+                spectral_norm(module)
