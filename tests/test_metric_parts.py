@@ -181,3 +181,20 @@ def test_retina_v2_assets_load_and_name_the_command_that_made_them(channels):
     embedding = net(torch.zeros(2, channels, 28, 28))
     assert embedding.shape == (2, 128) and not net.training
     assert not any(p.requires_grad for p in net.parameters())
+
+
+# ---- every run ends with metrics ---------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_the_final_epoch_is_validated_whatever_the_interval(fast_config, tmp_path):
+    """3 epochs with validation every 5: today's final metrics come from epoch 3 (index 2), not from nowhere."""
+    import pandas as pd
+
+    from retina_gans.train import train
+
+    cfg = fast_config("lsgan", "trainer.max_epochs=3", "trainer.check_val_every_n_epoch=5",
+                      "trainer.limit_val_batches=1.0", "data.reference_split=val", "data.eval_batch_size=120")
+    metrics = train(cfg)
+    assert "val/fid_retina_v2" in metrics
+    frame = pd.read_csv(tmp_path / "metrics.csv")
+    validated = frame.dropna(subset=["val/fid_retina_v2"])["epoch"].tolist()
+    assert validated == [2]

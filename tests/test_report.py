@@ -29,7 +29,9 @@ TINY = ["model.generator.width=8", "model.critic.width=8", "data.batch_size=256"
         "trainer.check_val_every_n_epoch=1", "accelerator=cpu", "trainer.max_epochs=2",
         "callbacks.progress_bar.refresh_rate=0", "trainer.enable_model_summary=false",
         "data.reference_split=val"]  # 120 reference images: KID over 100 subsets of 1080 would dominate the time
-FIGURES = ["c-loss.png", "d-loss.png", "g-loss.png", "fid-retina.png", "kid-retina.png", "is-retina.png",
+FIGURES = ["c-loss.png", "d-loss.png", "g-loss.png", "fid_retina_v2.png", "fid_retina.png", "kid_retina_v2_mean.png",
+           "precision_retina_v2.png", "recall_retina_v2.png", "density_retina_v2.png", "coverage_retina_v2.png",
+           "is_retina.png", "spectral_distance.png", "memorization.png", "copy_fraction.png",
            "samples-lsgan.png", "samples-wgan.png", "memorization-lsgan.png", "memorization-wgan.png"]
 
 
@@ -92,7 +94,10 @@ def test_report_has_every_run_row_model_table_and_figure(sweep):
         assert {"FID (retina)", "KID (retina)", "IS (retina)", "FID (inception)", "memorization",
                 "generator steps", "critic steps", "wall time (min)"} <= set(rows)
         assert rows["FID (inception)"]["final: mean ± sd"] == "not measured"  # no Inception weights offline
-    assert len(tables["Pairwise comparison"]) == 4  # FID, KID, IS (retina) and memorization, one pair each
+    pairs = {row["metric (final)"] for row in tables["Pairwise comparison"]}  # one pair (LS-GAN, WGAN) per metric
+    assert len(tables["Pairwise comparison"]) == len(pairs)
+    assert {"FID (retina_v2)", "KID (retina_v2)", "precision (retina_v2)", "spectral_distance", "FID (retina)",
+            "IS (retina)", "memorization", "copy_fraction"} <= pairs
     for figure in FIGURES:
         assert (report / "blog" / figure).stat().st_size > 0
         assert f"(blog/{figure})" in text
@@ -112,10 +117,10 @@ def test_report_numbers_equal_the_logged_ones(sweep):
         for seed in SEEDS:
             run = job_dir(sweep, model, seed)
             row = runs[f"blog/{run.name}"]
-            fid = logged(run, "val/fid_retina")
-            assert number(row["final FID (retina)"]) == pytest.approx(fid.iloc[-1], rel=1e-3)
-            assert row["best FID (retina) @ epoch"].endswith(f" @ {fid.idxmin()}")
-            assert number(row["best FID (retina) @ epoch"]) == pytest.approx(fid.min(), rel=1e-3)
+            fid = logged(run, "val/fid_retina_v2")  # the main metric
+            assert number(row["final FID (retina_v2)"]) == pytest.approx(fid.iloc[-1], rel=1e-3)
+            assert row["best FID (retina_v2) @ epoch"].endswith(f" @ {fid.idxmin()}")
+            assert number(row["best FID (retina_v2) @ epoch"]) == pytest.approx(fid.min(), rel=1e-3)
             steps = logged(run, "train/generator_steps").iloc[-1]
             assert number(row["generator steps"]) == steps == {"lsgan": 10, "wgan": 2}[model]  # 5 batches x 2 epochs
             finals.append(fid.iloc[-1])
@@ -154,12 +159,12 @@ def test_runs_without_metrics_are_missing_not_zero(damaged_sweep):
     empty = damaged_sweep / "blog" / "9_experiment=blog,model=wgan,seed=7"
     (empty / ".hydra").mkdir(parents=True)  # a job folder Hydra made, with no logs
     (empty / ".hydra" / "overrides.yaml").write_text("- experiment=blog\n- model=wgan\n- seed=7\n")
-    tables = md_tables((build_report(damaged_sweep) / "report.md").read_text())
+    tables = md_tables((build_report(damaged_sweep, c2st=False) / "report.md").read_text())
     runs = {row["job"]: row for row in tables["Runs"]}
     row = runs[f"blog/{wiped.name}"]
-    assert row["final FID (retina)"] == "missing" and row["best FID (retina) @ epoch"] == "missing"
+    assert row["final FID (retina_v2)"] == "missing" and row["best FID (retina_v2) @ epoch"] == "missing"
     assert runs[f"blog/{empty.name}"]["status"] == "no logs"
-    assert runs[f"blog/{empty.name}"]["final FID (retina)"] == "missing"
+    assert runs[f"blog/{empty.name}"]["final FID (retina_v2)"] == "missing"
     wgan = {row["metric"]: row for row in tables["WGAN (blog)"]}
     fid = logged(job_dir(damaged_sweep, "wgan", "0"), "val/fid_retina").iloc[-1]
     assert wgan["FID (retina)"]["final: mean ± sd"] == f"{fid:#.4g} (n=1 of 2)"  # one complete run left with a FID
@@ -182,7 +187,7 @@ def test_deleted_diverged_and_partial_runs_are_reported_as_such(damaged_sweep):
     frame = pd.read_csv(partial / "metrics.csv")
     frame[frame["epoch"] == 0].to_csv(partial / "metrics.csv", index=False)  # one of two epochs so far
     (partial / "job_status.json").unlink(missing_ok=True)
-    text = (build_report(damaged_sweep) / "report.md").read_text()
+    text = (build_report(damaged_sweep, c2st=False) / "report.md").read_text()
     runs = {row["job"]: row for row in md_tables(text)["Runs"]}
     assert runs["blog/model=lsgan,seed=1"]["status"] == "not started"  # listed by the sweep's multirun.yaml
     assert runs[f"blog/{diverged.name}"]["status"] == "diverged"
@@ -192,7 +197,7 @@ def test_deleted_diverged_and_partial_runs_are_reported_as_such(damaged_sweep):
     assert runs[f"blog/{partial.name}"]["detail"].startswith("1/2 epochs")
     assert "**Partial report.**" in text
     summary = {row["model"]: row for row in md_tables(text)["Summary"]}
-    assert summary["WGAN"]["complete seeds"] == "0 of 2" and summary["WGAN"]["final FID (retina)"] == "missing"
+    assert summary["WGAN"]["complete seeds"] == "0 of 2" and summary["WGAN"]["final FID (retina_v2)"] == "missing"
 
 
 @pytest.mark.slow  # the session's tiny multirun: about a minute, once

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from retina_gans.data import ensure_data_file, load_split
+from retina_gans.metrics.retina_classifier import _conv_block
 from retina_gans.pixels import to_model_range
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
@@ -35,10 +36,6 @@ INPUT_SIZE = 28
 
 def weights_file(channels: int) -> Path:
     return ASSETS / f"retina_v2_c{channels}.pt"
-
-
-def _conv_block(c_in: int, c_out: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True))
 
 
 class RetinaEmbeddingNet(nn.Module):

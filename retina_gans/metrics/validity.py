@@ -142,8 +142,10 @@ def figure(result: dict, path: Path) -> None:
     names = list(dict.fromkeys(r["damage"] for r in result["rows"]))
     fig, axes = plt.subplots(2, len(names), figsize=(2.6 * len(names), 5.2), squeeze=False, sharey="row")
     floor = result["floor"]
-    distances = [k for k in ("fid_retina_v2", "kid_retina_v2_mean", "spectral_distance", "fid_retina") if k in floor]
-    bounded = [k for k in ("precision_retina_v2", "recall_retina_v2", "coverage_retina_v2", "c2st_accuracy") if k in floor]
+    distances = [k for k in ("fid_retina_v2", "kid_retina_v2_mean", "spectral_distance", "fid_retina", "memorization")
+                 if k in floor]
+    bounded = [k for k in ("precision_retina_v2", "recall_retina_v2", "coverage_retina_v2", "copy_fraction",
+                           "c2st_accuracy") if k in floor]
     for col, name in enumerate(names):
         rows = [r for r in result["rows"] if r["damage"] == name]
         xs = list(range(len(rows) + 1))
@@ -154,6 +156,7 @@ def figure(result: dict, path: Path) -> None:
             axes[1, col].plot(xs, [floor[key]] + [r["metrics"][key] for r in rows], marker="o", label=key)
         axes[0, col].set_yscale("log")
         axes[0, col].axhline(10, color="grey", lw=0.8, ls="--")
+        axes[0, col].set_xticks(xs, ["0"] + [f"{r['strength']:.3g}" for r in rows], fontsize=7)
         axes[0, col].set_title(name, fontsize=9)
         axes[1, col].set_xticks(xs, ["0"] + [f"{r['strength']:.3g}" for r in rows], fontsize=7)
         axes[1, col].set_ylim(-0.02, 1.02)

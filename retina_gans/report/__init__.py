@@ -16,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 from scipy.stats import t as scipy_t
 
+from retina_gans import variants
 from retina_gans.compare import git_commit, machine
 from retina_gans.report import figures
 from retina_gans.report.figures import model_name
@@ -26,9 +27,8 @@ from retina_gans.metrics.registry import METRICS, direction, extractor_of_key, m
 
 EXTRACTOR_ORDER = {"retina_v2": 0, "retina": 1, "inception": 2}
 
-# The blog posts' numbers (../shared/seeds): one run each, Inception-based presumably, protocol unknown.
-BLOG = {"lsgan": {"fid": 263.34, "is": 1.00}, "wgan": {"fid": 263.34, "is": 1.00},
-        "wgan_gp": {"fid": 333.25, "is": 1.00}}
+# The blog posts' numbers (../shared/seeds; in each variant's card, `variant.blog`): one run each, Inception-based
+# presumably, protocol unknown.
 BLOG_HEADER = "blog (Inception-based?, 1 run, protocol not comparable)"
 DEFAULT_MAIN = "fid_retina_v2"  # conf/metrics/default.yaml's metrics.main; a run's own config says which it used
 BUDGET_NOTES = {
@@ -123,7 +123,7 @@ def _slug(text: str) -> str:
 
 
 def _by_model(runs: list[Run]) -> dict[str, list[Run]]:
-    order = {m: i for i, m in enumerate(figures.MODEL_NAMES)}
+    order = {m: i for i, m in enumerate(variants.variant_names())}
     models = sorted({r.model for r in runs}, key=lambda m: (order.get(m, 99), m))
     return {m: sorted((r for r in runs if r.model == m), key=lambda r: (len(r.seed), r.seed)) for m in models}
 
@@ -169,18 +169,20 @@ def _two_sample_tests(sweep: Sweep) -> None:
             run.c2st = None
 
 
-def build_report(sweep_dir: str | Path, out_dir: str | Path | None = None) -> Path:
+def build_report(sweep_dir: str | Path, out_dir: str | Path | None = None, c2st: bool = True) -> Path:
     """Write the report of the multirun in `sweep_dir` to `out_dir` (default `<sweep_dir>/report`); return it."""
     sweep_dir = Path(sweep_dir)
     out = Path(out_dir) if out_dir is not None else sweep_dir / "report"
     sweep = load_sweep(sweep_dir)
+    figures.use_cards(sweep.runs)
     if not sweep.runs:  # checked before anything is written
         raise ReportError(f"{sweep_dir} holds no runs of a multirun (no job folders, no multirun.yaml); pass the "
                           "folder compare or --multirun wrote, e.g. logs/compare/<time> or logs/train/multiruns/<time>")
     out.mkdir(parents=True, exist_ok=True)
     columns = metric_columns(sweep.runs)
     main = main_metric(sweep.runs)
-    _two_sample_tests(sweep)
+    if c2st:
+        _two_sample_tests(sweep)
     table = run_rows(sweep, columns)
     table.to_csv(out / "runs.csv", index=False)
 
@@ -366,10 +368,10 @@ def _section(doc: Doc, section: str, runs: list[Run], columns: list[tuple[str, s
             best = fmt_summary(summarize([b[0] if (b := r.best(key, better == "lower")) else None for r in ok]),
                                len(ok), floor_of(key)) if better in ("lower", "higher") else ("n/a", "n/a")
             short = key.removeprefix("val/").split("_")[0]
-            blog = BLOG.get(model, {}).get(short) if key.endswith("_inception") else None
+            blog = (figures.variant_card(model).get("blog") or {}).get(short) if key.endswith("_inception") else None
             rows.append([label, *final, *best, f"{blog:.2f}" if blog is not None else ""])
         if not any(key.endswith("_inception") for _, key, _ in columns):
-            blog = BLOG.get(model, {}).get("fid")
+            blog = (figures.variant_card(model).get("blog") or {}).get("fid")
             rows.append(["FID (inception)", "not measured", "not measured", "not measured", "not measured",
                          f"{blog:.2f}" if blog is not None else ""])
         rows.append(["C2ST accuracy (final model)", *fmt_summary(summarize([r.c2st for r in ok]), len(ok), 0.0),
@@ -409,20 +411,21 @@ def _figures(doc: Doc, section: str, by_model: dict[str, list[Run]], columns: li
              out: Path, folder: str) -> None:
     doc.h(3, "Figures")
     band = "line: mean over seeds; band: min to max over seeds (all runs with a value at that epoch)"
-    losses = [
-        ("c-loss.png", {m: rs for m, rs in by_model.items() if m in ("wgan", "wgan_gp")}, "train/critic_loss_epoch",
-         "Critic loss (WGAN, WGAN-GP)", "critic loss"),
-        ("d-loss.png", {m: rs for m, rs in by_model.items() if m == "lsgan"}, "train/critic_loss_epoch",
-         "Discriminator (= critic) loss (LS-GAN)", "critic loss"),
-        ("g-loss.png", by_model, "train/generator_loss_epoch", "Generator loss", "generator loss"),
-    ]
+    # Critic losses are comparable within a loss family only (their card's `family`): one figure per family.
+    families: dict[str, dict[str, list[Run]]] = {}
+    for model, rs in by_model.items():
+        families.setdefault(figures.variant_card(model)["family"], {})[model] = rs
+    losses = [(f"c-loss-{_slug(family)}.png", models, "train/critic_loss_epoch",
+               f"Critic loss, {family} ({', '.join(model_name(m) for m in models)})", "critic loss")
+              for family, models in families.items()]
+    losses.append(("g-loss.png", by_model, "train/generator_loss_epoch", "Generator loss", "generator loss"))
     for name, models, key, title, ylabel in losses:
         if figures.curves(models, key, f"{title}, {section}", ylabel, out / folder / name):
             doc.figure(f"{folder}/{name}", f"{title} per epoch (`{key}`); {band}.")
     ext = extractor_of_key(main)
     for label, key, _ in columns:
-        if extractor_of_key(key) not in (None, ext) and not key.startswith("val/fid_"):
-            continue  # every metric of the main embedding and the pixel metrics; only FID of the other extractors
+        if extractor_of_key(key) not in (None, ext) and not key.startswith(("val/fid_", "val/is_")):
+            continue  # every metric of the main embedding and the pixel ones; FID and IS of the other extractors
         name = f"{_slug(key.removeprefix('val/'))}.png"
         if figures.curves(by_model, key, f"{label}, {section}", label, out / folder / name):
             doc.figure(f"{folder}/{name}", f"{label} at each validation (`{key}`); {band}.")

@@ -15,15 +15,25 @@ from omegaconf import OmegaConf  # noqa: E402
 from torch import Tensor  # noqa: E402
 from torchvision.utils import make_grid  # noqa: E402
 
+from retina_gans import variants  # noqa: E402
 from retina_gans.report.runs import Run  # noqa: E402
 
-MODEL_NAMES = {"lsgan": "LS-GAN", "wgan": "WGAN", "wgan_gp": "WGAN-GP"}
-COLORS = {"lsgan": "tab:blue", "wgan": "tab:orange", "wgan_gp": "tab:green"}
 N_SAMPLES = 16  # per grid: 4 x 4
+_CARDS: dict[str, dict] = {}  # variant -> its card (name, color, family), from the runs reported (`use_cards`)
+
+
+def use_cards(runs: list[Run]) -> None:
+    """Show each variant as the runs' own configs say (their `model.variant` card; the conf file's for older runs)."""
+    for run in runs:
+        _CARDS[run.model] = variants.card(run.model, (run.config or {}).get("model"))
+
+
+def variant_card(model: str) -> dict:
+    return _CARDS.get(model) or variants.card(model)
 
 
 def model_name(model: str) -> str:
-    return MODEL_NAMES.get(model, model)
+    return variant_card(model)["name"]
 
 
 def _band(runs: list[Run], key: str) -> pd.DataFrame:
@@ -46,9 +56,10 @@ def curves(by_model: dict[str, list[Run]], key: str, title: str, ylabel: str, pa
         if band.empty:
             continue
         n = band["n"].max()
-        ax.plot(band.index, band["mean"], color=COLORS.get(model), marker="." if len(band) < 60 else None,
+        color = variant_card(model)["color"] or f"C{len(ax.lines) % 10}"  # no colour in its card: the next free one
+        ax.plot(band.index, band["mean"], color=color, marker="." if len(band) < 60 else None,
                 label=f"{model_name(model)} (mean of {n} seeds)")
-        ax.fill_between(band.index, band["min"], band["max"], color=COLORS.get(model), alpha=0.2, linewidth=0)
+        ax.fill_between(band.index, band["min"], band["max"], color=color, alpha=0.2, linewidth=0)
         drawn = True
     if reference is not None:
         ax.axhline(reference, color="black", linestyle="--", linewidth=1)
