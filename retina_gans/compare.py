@@ -1,4 +1,4 @@
-"""Compare the three GANs honestly: every model for several seeds (and budgets) in one Hydra multirun, then a report.
+"""Compare GAN variants honestly: each for several seeds (and budgets) in one Hydra multirun, then a report.
 
 `python -m retina_gans.compare [--seeds 3] [--budgets blog,blog_equal_steps] [overrides ...]` launches, per budget,
 `python -m retina_gans.train --multirun experiment=<budget> model=lsgan,wgan,wgan_gp seed=0,1,2 task_name=compare
@@ -24,8 +24,9 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from retina_gans.variants import blog_variants, search_dirs, variant_names
+
 PROJECT = Path(__file__).resolve().parents[1]
-MODELS = ("lsgan", "wgan", "wgan_gp")
 BUDGETS = ("blog",)  # the default; `blog_equal_steps` gives every model the same number of generator steps
 LAUNCH_FILE = "compare.json"  # written into the sweep folder: the command, commit and machine of the launch
 
@@ -162,13 +163,14 @@ def machine() -> dict[str, str]:
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m retina_gans.compare",
-        description="Train LS-GAN, WGAN and WGAN-GP for several seeds (one Hydra multirun) and write a report. "
+        description="Train GAN variants for several seeds (one Hydra multirun) and write a report. "
         "Other arguments are Hydra overrides passed to every job, e.g. trainer.max_epochs=2.",
     )
     parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per model and budget (default 3)")
     parser.add_argument("--budgets", default=",".join(BUDGETS),
                         help="experiment configs to compare under, comma-separated: blog, blog_equal_steps")
-    parser.add_argument("--models", default=",".join(MODELS), help="comma-separated (default: all three)")
+    parser.add_argument("--models", default=None, help="comma-separated variants (conf/model/*.yaml), or 'all' "
+                        "(default: the blog's three, those whose card has the blog's numbers)")
     parser.add_argument("--sweep-dir", type=Path, default=None, help="default logs/compare/<time>")
     parser.add_argument("--dry-run", action="store_true", help="print the command and exit")
     args, overrides = parser.parse_known_args(argv)
@@ -183,7 +185,7 @@ def check_arguments(seeds: int, budgets: list[str], models: list[str], overrides
     """Every argument and override checked before any job starts: a ValueError naming the fix."""
     if seeds < 1:
         raise ValueError(f"--seeds must be >= 1, got {seeds}")
-    variants = sorted(p.stem for p in (PROJECT / "conf" / "model").glob("*.yaml") if not p.stem.startswith("_"))
+    variants = variant_names(search_dirs(overrides))
     experiments = sorted(p.stem for p in (PROJECT / "conf" / "experiment").glob("*.yaml"))
     for name, chosen, allowed in (("--models", models, variants), ("--budgets", budgets, experiments)):
         if not chosen or any(c not in allowed for c in chosen):
@@ -194,7 +196,7 @@ def check_arguments(seeds: int, budgets: list[str], models: list[str], overrides
 
     from retina_gans.config_validation import check_run_ends, validate
 
-    job_overrides = [o for o in overrides if not _key(o).startswith("hydra")]
+    job_overrides = [o for o in overrides if not _key(o).startswith("hydra") or _key(o) == "hydra.searchpath"]
     for budget in budgets:
         for model in models:
             try:
@@ -212,7 +214,12 @@ def check_arguments(seeds: int, budgets: list[str], models: list[str], overrides
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     budgets = [b for b in args.budgets.split(",") if b]
-    models = [m for m in args.models.split(",") if m]
+    if args.models is None:
+        models = blog_variants()
+    elif args.models == "all":
+        models = variant_names(search_dirs(args.overrides))
+    else:
+        models = [m for m in args.models.split(",") if m]
     try:
         check_arguments(args.seeds, budgets, models, args.overrides)
     except ValueError as error:  # ConfigError included

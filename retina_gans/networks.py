@@ -1,10 +1,24 @@
-"""DCGAN-style generator and critic (Radford et al. 2016), sized from the image size, channels and width.
+"""Generator/critic pairs, sized from the image size, channels and width: DCGAN's (Radford et al. 2016) and a
+ResNet pair (the residual blocks of Gulrajani et al. 2017 and Miyato et al. 2018). The `net` config group picks one.
 
-Both nets work on a ladder of resolutions: the image size is halved until it is at most 7
+Both pairs work on a ladder of resolutions: the image size is halved until it is at most 7
 (28 -> 14 -> 7, 64 -> 32 -> 16 -> 8 -> 4), and each rung doubles the channel count going down.
+Generators upsample by transposed convolution or by resize-convolution (`upsample=resize`: nearest-neighbour x2, then
+a 3x3 convolution; Odena et al. 2016, no checkerboard artifacts).
 """
 
 from torch import Tensor, nn
+
+UPSAMPLING = ("transposed", "resize")
+
+
+def _upsample(c_in: int, c_out: int, how: str, bias: bool) -> nn.Module:
+    """x2 upsampling convolution: (N, c_in, H, W) -> (N, c_out, 2H, 2W)."""
+    if how == "transposed":
+        return nn.ConvTranspose2d(c_in, c_out, 4, stride=2, padding=1, bias=bias)
+    if how == "resize":
+        return nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(c_in, c_out, 3, padding=1, bias=bias))
+    raise ValueError(f"model.generator.upsample must be one of {list(UPSAMPLING)}, got {how!r}")
 
 
 def resolution_ladder(image_size: int) -> list[int]:
@@ -22,7 +36,8 @@ def resolution_ladder(image_size: int) -> list[int]:
 class Generator(nn.Module):
     """z (N, latent_dim) -> images (N, channels, image_size, image_size) in [-1, 1] (tanh)."""
 
-    def __init__(self, latent_dim: int, image_size: int, channels: int, width: int, batch_norm: bool) -> None:
+    def __init__(self, latent_dim: int, image_size: int, channels: int, width: int, batch_norm: bool,
+                 upsample: str = "transposed") -> None:  # default: configs of checkpoints from before the option
         super().__init__()
         sizes = resolution_ladder(image_size)
         rungs = len(sizes) - 1
@@ -38,11 +53,11 @@ class Generator(nn.Module):
         for rung in range(rungs - 1, 0, -1):  # widths 2^(rungs-1)*w ... 2w -> w
             c_in, c_out = width * 2**rung, width * 2 ** (rung - 1)
             layers += [
-                nn.ConvTranspose2d(c_in, c_out, 4, stride=2, padding=1, bias=not batch_norm),
+                _upsample(c_in, c_out, upsample, bias=not batch_norm),
                 nn.BatchNorm2d(c_out) if batch_norm else nn.Identity(),
                 nn.ReLU(inplace=True),
             ]
-        layers += [nn.ConvTranspose2d(width, channels, 4, stride=2, padding=1), nn.Tanh()]
+        layers += [_upsample(width, channels, upsample, bias=True), nn.Tanh()]
         self.upsample = nn.Sequential(*layers)
         _init_dcgan(self)
 
@@ -75,6 +90,73 @@ class Critic(nn.Module):
 
     def forward(self, images: Tensor) -> Tensor:
         return self.score(images).squeeze(1)
+
+
+class ResBlockUp(nn.Module):
+    """BN-ReLU-up-conv3x3-BN-ReLU-conv3x3, plus an upsampled 1x1-conv shortcut (Gulrajani et al. 2017, app. F)."""
+
+    def __init__(self, c_in: int, c_out: int, batch_norm: bool, upsample: str) -> None:
+        super().__init__()
+        norm = (lambda c: nn.BatchNorm2d(c)) if batch_norm else (lambda c: nn.Identity())
+        self.residual = nn.Sequential(norm(c_in), nn.ReLU(), _upsample(c_in, c_out, upsample, bias=True), norm(c_out),
+                                      nn.ReLU(), nn.Conv2d(c_out, c_out, 3, padding=1))
+        self.shortcut = nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(c_in, c_out, 1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.residual(x) + self.shortcut(x)
+
+
+class ResBlockDown(nn.Module):
+    """(ReLU)-conv3x3-ReLU-conv3x3-avgpool, plus a 1x1-conv-avgpool shortcut; no pre-activation on the image."""
+
+    def __init__(self, c_in: int, c_out: int, batch_norm: bool, first: bool) -> None:
+        super().__init__()
+        norm = (lambda c: nn.BatchNorm2d(c)) if batch_norm else (lambda c: nn.Identity())
+        self.residual = nn.Sequential(nn.Identity() if first else nn.ReLU(), nn.Conv2d(c_in, c_out, 3, padding=1),
+                                      norm(c_out), nn.ReLU(), nn.Conv2d(c_out, c_out, 3, padding=1), nn.AvgPool2d(2))
+        self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1), nn.AvgPool2d(2))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.residual(x) + self.shortcut(x)
+
+
+class ResNetGenerator(nn.Module):
+    """z (N, latent_dim) -> images (N, channels, image_size, image_size) in [-1, 1]: a linear projection to the
+    smallest rung, one residual up-block per rung (channels halving), BN-ReLU-conv3x3-tanh."""
+
+    def __init__(self, latent_dim: int, image_size: int, channels: int, width: int, batch_norm: bool,
+                 upsample: str) -> None:
+        super().__init__()
+        sizes = resolution_ladder(image_size)
+        rungs = len(sizes) - 1
+        self.start_shape = (width * 2 ** (rungs - 1), sizes[-1], sizes[-1])
+        self.project = nn.Sequential(nn.Linear(latent_dim, self.start_shape[0] * sizes[-1] ** 2),
+                                     nn.Unflatten(1, self.start_shape))
+        widths = [width * 2**rung for rung in range(rungs - 1, -1, -1)] + [width]  # e.g. 2w, w, w for 28x28
+        self.blocks = nn.Sequential(*(ResBlockUp(c_in, c_out, batch_norm, upsample)
+                                      for c_in, c_out in zip(widths[:-1], widths[1:])))
+        self.to_image = nn.Sequential(nn.BatchNorm2d(width) if batch_norm else nn.Identity(), nn.ReLU(),
+                                      nn.Conv2d(width, channels, 3, padding=1), nn.Tanh())
+
+    def forward(self, z: Tensor) -> Tensor:
+        return self.to_image(self.blocks(self.project(z)))
+
+
+class ResNetCritic(nn.Module):
+    """images (N, channels, image_size, image_size) -> scores (N,): one residual down-block per rung (channels
+    doubling), ReLU, sum over space, linear (Miyato et al. 2018, table 4)."""
+
+    def __init__(self, image_size: int, channels: int, width: int, batch_norm: bool) -> None:
+        super().__init__()
+        rungs = len(resolution_ladder(image_size)) - 1
+        widths = [channels] + [width * 2**rung for rung in range(rungs)]
+        self.blocks = nn.Sequential(*(ResBlockDown(c_in, c_out, batch_norm, first=i == 0)
+                                      for i, (c_in, c_out) in enumerate(zip(widths[:-1], widths[1:]))))
+        self.score = nn.Linear(widths[-1], 1)
+
+    def forward(self, images: Tensor) -> Tensor:
+        features = self.blocks(images).relu().sum(dim=(2, 3))  # (N, C)
+        return self.score(features).squeeze(1)
 
 
 def _init_dcgan(module: nn.Module) -> None:

@@ -8,7 +8,9 @@ from retina_gans.metrics import METRICS
 
 from retina_gans.bench import main
 from retina_gans.bench.cli import median_window
-from retina_gans.bench.training import MODELS
+from retina_gans.variants import variant_names
+
+MODELS = variant_names()
 
 
 def positive(value: float) -> bool:

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from retina_gans.networks import Critic, Generator, has_batch_norm, resolution_ladder
+from retina_gans.networks import Critic, Generator, ResNetCritic, ResNetGenerator, has_batch_norm, resolution_ladder
 
 
 @pytest.mark.parametrize("size, ladder", [(28, [28, 14, 7]), (64, [64, 32, 16, 8, 4]), (224, [224, 112, 56, 28, 14, 7])])
@@ -30,3 +30,15 @@ def test_batch_norm_only_where_asked():
 def test_odd_image_size_is_rejected_with_the_reason():
     with pytest.raises(ValueError, match="even"):
         resolution_ladder(27)
+
+
+@pytest.mark.parametrize("size", [28, 64, 224])
+@pytest.mark.parametrize("pair", [(Generator, Critic), (ResNetGenerator, ResNetCritic)])
+@pytest.mark.parametrize("upsample", ["transposed", "resize"])
+def test_both_net_pairs_and_both_upsamplings_give_images_and_scores(size, pair, upsample):
+    generator, critic = pair[0](16, size, 3, 4, True, upsample), pair[1](size, 3, 4, False)
+    images = generator(torch.randn(2, 16))
+    assert images.shape == (2, 3, size, size) and images.abs().max() <= 1
+    assert critic(images).shape == (2,)
+    transposed = any(isinstance(m, torch.nn.ConvTranspose2d) for m in generator.modules())
+    assert transposed == (upsample == "transposed")

@@ -21,10 +21,11 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from retina_gans.train import build, train
+from retina_gans.variants import variant_names
 from tests.conftest import CONF_DIR, FAST, compose_config
 from tests.test_training import run_cli
 
-MODELS = ["lsgan", "wgan", "wgan_gp"]
+MODELS = variant_names()
 # FAST's tiny nets and one epoch, but validation stays on where a test needs its metrics; each test picks the accelerator.
 NO_VALIDATION = ["trainer.limit_val_batches=0", "~callbacks.best_checkpoint"]
 TINY = [o for o in FAST if o not in NO_VALIDATION and not o.startswith("accelerator=")]
@@ -37,9 +38,13 @@ def short_names(*extra_keys: str) -> str:
 
 @pytest.mark.parametrize("model", MODELS)
 def test_hparams_search_composes_an_optuna_sweep_of_that_model(model):
+    # the shared search for any variant; <variant>_optuna.yaml where a variant adds its own hyperparameters
+    own = Path(CONF_DIR, "hparams_search", f"{model}_optuna.yaml").exists()
+    overrides = [f"hparams_search={model}_optuna"] if own else ["hparams_search=optuna", f"model={model}"]
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose("config", overrides=[f"hparams_search={model}_optuna"], return_hydra_config=True)
-    assert cfg.model._target_.lower().endswith(model.replace("_", ""))
+        cfg = compose("config", overrides=overrides, return_hydra_config=True)
+        expected = compose("config", overrides=[f"model={model}"])
+    assert cfg.model._target_ == expected.model._target_ and cfg.hydra.sweeper.study_name == model
     assert cfg.optimized_metric == "val/fid_retina_v2" and cfg.hydra.sweeper.direction == "minimize"
     assert cfg.hydra.sweeper._target_.endswith("OptunaSweeper")
     assert cfg.hydra.sweeper.storage == f"sqlite:///logs/optuna_{model}.db"

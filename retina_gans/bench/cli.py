@@ -20,10 +20,11 @@ import torchmetrics
 from medmnist.info import INFO
 
 from retina_gans.bench.training import (
-    AUTOCAST_DTYPES, CONF_DIR, MODELS, TINY, bench_bare, bench_full_run, bench_lightning, compose_config,
+    AUTOCAST_DTYPES, CONF_DIR, TINY, bench_bare, bench_full_run, bench_lightning, compose_config,
 )
 from retina_gans.bench.validation import bench_validation, random_inception_weights
 from retina_gans.metrics.extractors import EXTRACTORS, INCEPTION_WEIGHTS_NAME
+from retina_gans.variants import search_dirs, variant_names
 
 N_TRAIN = INFO["retinamnist"]["n_samples"]["train"]  # 1080
 RATIO_KEYS = ("images_per_s", "generator_steps_per_s", "images_per_cpu_s")
@@ -50,7 +51,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--warmup", type=_int_at_least(0), help="untimed batches first (default 5; compiled: an epoch + 5; tiny 2)")
     p.add_argument("--repeats", type=_int_at_least(1), help="windows per path, alternating Lightning and bare; the median "
                    "of each path is reported (default 5; tiny 1)")
-    p.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
+    p.add_argument("--models", nargs="+", help="variants (conf/model/*.yaml; default: all of them)")
     p.add_argument("--compile", action="store_true", help="model.compile=true (the WGAN-GP critic stays eager)")
     p.add_argument("--precision", choices=list(AUTOCAST_DTYPES), default="32-true")
     p.add_argument("--data-root", help="folder of retinamnist.npz (default: the config's, $RETINA_GANS_DATA)")
@@ -64,7 +65,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--full-run", action=argparse.BooleanOptionalAction, help="time one whole experiment=blog run of "
                    "the first model, setup and validations included (default: on; --tiny: off, extrapolated instead)")
     p.add_argument("overrides", nargs="*", help="Hydra overrides for both paths, e.g. model.critic.width=32")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    known = variant_names(search_dirs(args.overrides))  # conf/model, and folders a hydra.searchpath override adds
+    args.models = args.models or known
+    if set(args.models) - set(known):
+        p.error(f"--models: unknown {sorted(set(args.models) - set(known))}; variants: {' '.join(known)}")
+    return args
 
 
 def resolve_inception_weights(requested: str | None, folder: Path) -> str | None:

@@ -22,7 +22,6 @@ from retina_gans.pixels import to_model_range
 from retina_gans.train import build_for_fit, train
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
-MODELS = ("lsgan", "wgan", "wgan_gp")
 AUTOCAST_DTYPES = {"32-true": None, "bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
 TINY = ["model.generator.width=8", "model.critic.width=8", "trainer.num_sanity_val_steps=0"]
 
