@@ -20,7 +20,7 @@ from retina_gans.report import build_report, fmt_summary
 from retina_gans.report.__main__ import main as report_main
 from retina_gans.report.render import Doc
 from retina_gans.report.stats import summarize
-from retina_gans.train import train
+from retina_gans.train import HPARAM_METRICS, train
 from tests.conftest import FAST, compose_config
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -35,7 +35,7 @@ PROJECT = Path(__file__).resolve().parents[1]
     ("lsgan", ["trainer.max_epochs=-1"], r"trainer.max_epochs=-1 needs trainer.max_steps >= 1"),
     ("lsgan", ["trainer.limit_train_batches=0"], r"limit_train_batches must be a fraction in \(0.0, 1.0\] or a number"),
     ("lsgan", ["trainer.limit_train_batches=0.0"], r"limit_train_batches must be"),
-    ("_dcgan", [], r"no _target_: not a variant .*; choose model=lsgan, model=wgan, model=wgan_gp"),
+    ("_dcgan", [], r"no _target_: not a variant .*; choose model=.*lsgan.*model=wgan_gp"),
     ("lsgan", ["+modle=wgan"], r"unknown top-level key 'modle' .*nothing reads it; did you mean model=wgan\?"),
 ], ids=["clip_inf", "lr_inf", "gp_nan", "max_epochs_forever", "limit_train_zero", "limit_train_zero_float",
         "model_dcgan", "plus_typo"])
@@ -60,7 +60,7 @@ def test_every_experiment_and_search_config_still_validates():
 def test_a_run_ends_with_its_final_metrics_its_folder_and_how_to_train_it_further(fast_config, tmp_path, caplog):
     with caplog.at_level("INFO"):
         train(fast_config("lsgan", "trainer.limit_val_batches=1.0", "trainer.check_val_every_n_epoch=1"))
-    assert f"finished 1 epoch (5 generator steps); final val/fid_retina " in caplog.text
+    assert "finished 1 epoch (5 generator steps); final val/" in caplog.text
     assert f"run folder {tmp_path}" in caplog.text
     assert f"to train it further: python -m retina_gans.train trainer.max_epochs=2 " \
            f"ckpt_path={tmp_path}/checkpoints/last.ckpt" in caplog.text
@@ -104,7 +104,7 @@ def test_tensorboard_gets_the_config_for_its_hparams_tab(fast_config, tmp_path):
     assert start.hparams["model.n_critic"].number_value == 5
     assert start.hparams["model._target_"].string_value == "retina_gans.models.WGAN"
     experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
-    assert "val/fid_retina" in {m.name.tag for m in experiment.metric_infos}
+    assert set(HPARAM_METRICS) == {m.name.tag for m in experiment.metric_infos}
 
 
 @pytest.mark.slow
@@ -198,7 +198,7 @@ def test_doc_lists_render_nested(tmp_path):
 
 @pytest.mark.parametrize("argv, message", [
     (["--seeds", "0"], "--seeds must be >= 1, got 0"),
-    (["--models", "foo"], "--models must be a comma-separated list drawn from lsgan,wgan,wgan_gp, got foo"),
+    (["--models", "foo"], "got foo"),
     (["--models", "_dcgan"], "--models must be"),
     (["--budgets", "nope"], "--budgets must be a comma-separated list drawn from blog,blog_equal_steps"),
     (["trainer.max_epochs=0"], "trainer.max_epochs must be an integer >= 1"),
@@ -281,8 +281,7 @@ def test_every_readme_command_composes_and_passes_its_checks(monkeypatch):
             if module == "train":
                 validate(cfg)
         elif module == "compare":
-            parsed = compare.parse_args(args)
-            compare.check_arguments(parsed.seeds, parsed.budgets.split(","), parsed.models.split(","), parsed.overrides)
+            assert compare.main([*args, "--dry-run"]) == 0, args  # its checks, then the commands printed
         elif module == "bench":
             bench_args(args)
     assert {"train", "evaluate", "sample", "compare", "bench", "report"} <= seen
