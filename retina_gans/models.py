@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from torchmetrics.utilities.distributed import gather_all_tensors
 
 from retina_gans import objectives, regularizers
-from retina_gans.metrics import GenerationMetrics, memorization_ratio, resolve_extractors
+from retina_gans.metrics import GenerationMetrics, resolve_extractors
 from retina_gans.pixels import to_uint8
 from retina_gans.sample_grid import write_sample_grid
 from retina_gans.training_log import TrainingLog
@@ -35,9 +35,9 @@ def training_extractors(requested: list[str] | str) -> list[str] | str:
     minutes per validation, every few epochs of a run whose epochs take a second. Asked for by name, it is used."""
     if requested == "auto" and not torch.cuda.is_available():
         warnings.warn("metrics.extractors=auto: Inception left out of training validation on a machine without a GPU "
-                      "(minutes per validation on CPU); set metrics.extractors=[retina,inception] to use it anyway, "
+                      "(minutes per validation on CPU); set metrics.extractors=[retina_v2,retina,inception] to use it, "
                       "or score a checkpoint once with python -m retina_gans.evaluate", stacklevel=2)
-        return ["retina"]
+        return ["retina_v2", "retina"]
     return requested
 
 
@@ -201,7 +201,7 @@ class GAN(L.LightningModule):
 
         checkpoint = read_checkpoint(path, map_location=map_location, required=("state_dict", "run_config"))
         model_config = OmegaConf.create(check_targets(checkpoint["run_config"]["model"], path))
-        model_config.metrics.extractors = ["retina"]  # the nets do not depend on it; avoids a download attempt
+        model_config.metrics.extractors = ["retina_v2"]  # the nets do not depend on it; avoids a download attempt
         model_config.compile = False  # sampling does not need a compiled net
         gan = hydra.utils.instantiate(model_config)
         try:
@@ -240,32 +240,35 @@ class GAN(L.LightningModule):
         self.register_buffer(
             "eval_noise", torch.randn(len(reference), self.latent_dim, generator=noise), persistent=False
         )
-        self.metrics = GenerationMetrics(
-            self.extractors, self.metrics_config["inception_weights"], reference.shape[1], len(reference)
-        )
-        self.memorization_reference = {"train": data.images["train"], "test": data.images["test"]}
+        self.metrics = GenerationMetrics(self.extractors, self.metrics_config["inception_weights"], reference.shape[1])
+
+    def on_train_epoch_start(self) -> None:
+        """The final epoch is always validated, whatever trainer.check_val_every_n_epoch is, so every run ends with
+        metrics (a 7-epoch run with validation every 5 epochs reports epoch 7, not 5). Lightning reads the interval
+        at each epoch's end; runs bounded only by trainer.max_steps have no known final epoch."""
+        trainer = self.trainer
+        if trainer.max_epochs not in (None, -1) and trainer.current_epoch == trainer.max_epochs - 1 \
+                and trainer.check_val_every_n_epoch is not None:
+            trainer.check_val_every_n_epoch = 1
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        """Real reference images enter the metrics once per run; generated ones at every validation."""
-        indices, real = batch  # (B,), (B, C, H, W) in [-1, 1]
-        if not self.metrics.has_real:
-            self.metrics.update(to_uint8(real), real=True)
-        fake = self.generate(self.eval_noise[indices])
-        self.metrics.update(fake, real=False)
-        self._generated.append(fake)
+        """Generate this shard's share of the evaluation set (the real side is computed once, at the first
+        validation after the sanity check)."""
+        indices, _ = batch  # (B,), (B, C, H, W) in [-1, 1]
+        self._generated.append(self.generate(self.eval_noise[indices]))
 
     def on_validation_epoch_end(self) -> None:
         generated, self._generated = torch.cat(self._generated), []
-        if self.trainer.sanity_checking:  # a partial pass: its real features must not be kept for the run
-            self.metrics.reset_all()
+        if self.trainer.sanity_checking:  # a partial pass: only checks that generation runs
             return
-        values = self.metrics.compute()
-        if self.trainer.world_size > 1:  # ranks may hold different counts; torchmetrics' gather pads and trims
+        if self.trainer.world_size > 1:  # contiguous shards, in rank order: the single-process order
             generated = torch.cat(gather_all_tensors(generated))  # (n_total, C, H, W)
-        ref = self.memorization_reference
-        values["memorization"] = memorization_ratio(generated, ref["train"].to(self.device), ref["test"].to(self.device))
+        if not self.metrics.has_reference:  # once per run, on the training device
+            data = self.trainer.datamodule
+            self.metrics.set_reference(*(data.images[s].to(self.device)
+                                         for s in (data.hparams.reference_split, "train", "test")))
+        values = self.metrics.compute(generated)  # the whole set on every rank: the same values everywhere
         self.log_dict({f"val/{k}": v for k, v in values.items()}, sync_dist=False)
-        self.metrics.reset_fake()
 
 
 class LSGAN(GAN):

@@ -87,11 +87,11 @@ def metric_columns(runs: list[Run]) -> list[tuple[str, str, str]]:
         for template, better in zip(metric.keys, metric.better):
             if template.endswith("_std"):
                 continue
-            found = sorted(k for k in logged if metric_for_key(k) is metric and
-                           (k.removeprefix("val/") == template or "{ext}" in template))
+            prefix, _, suffix = template.partition("{ext}")
+            found = [k for k in logged if metric_for_key(k) is metric and (
+                k.removeprefix("val/") == template if "{ext}" not in template
+                else k.startswith("val/" + prefix) and k.endswith(suffix))]
             for key in sorted(found, key=lambda k: (EXTRACTOR_ORDER.get(extractor_of_key(k), 9), k)):
-                if key in [c[1] for c in columns] or direction(key) != better:
-                    continue
                 ext = extractor_of_key(key)
                 name = key.removeprefix("val/")
                 label = name.replace(f"_{ext}", "") if ext else name
@@ -187,7 +187,7 @@ def build_report(sweep_dir: str | Path, out_dir: str | Path | None = None, c2st:
     table.to_csv(out / "runs.csv", index=False)
 
     doc = Doc()
-    doc.h(1, "LS-GAN vs WGAN vs WGAN-GP on RetinaMNIST: multi-seed comparison")
+    doc.h(1, f"{' vs '.join(model_name(m) for m in _by_model(sweep.runs))} on RetinaMNIST: multi-seed comparison")
     counts = table["status"].value_counts()
     doc.p(f"Multirun `{sweep_dir}`: {len(sweep.runs)} runs: "
           + ", ".join(f"{n} {status}" for status, n in counts.items()) + ". "
