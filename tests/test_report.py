@@ -29,7 +29,8 @@ TINY = ["model.generator.width=8", "model.critic.width=8", "data.batch_size=256"
         "trainer.check_val_every_n_epoch=1", "accelerator=cpu", "trainer.max_epochs=2",
         "callbacks.progress_bar.refresh_rate=0", "trainer.enable_model_summary=false",
         "data.reference_split=val"]  # 120 reference images: KID over 100 subsets of 1080 would dominate the time
-FIGURES = ["c-loss.png", "d-loss.png", "g-loss.png", "fid_retina_v2.png", "fid_retina.png", "kid_retina_v2_mean.png",
+FIGURES = ["c-loss-Wasserstein.png", "c-loss-least_squares.png", "g-loss.png",  # critic loss: one figure per loss family
+           "fid_retina_v2.png", "fid_retina.png", "kid_retina_v2_mean.png",
            "precision_retina_v2.png", "recall_retina_v2.png", "density_retina_v2.png", "coverage_retina_v2.png",
            "is_retina.png", "spectral_distance.png", "memorization.png", "copy_fraction.png",
            "samples-lsgan.png", "samples-wgan.png", "memorization-lsgan.png", "memorization-wgan.png"]
