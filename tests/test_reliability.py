@@ -89,7 +89,7 @@ CASES = [  # id, model, overrides (with {inputs}), exception, message (regex)
     ("check_val", "lsgan", ["trainer.check_val_every_n_epoch=0"], ConfigError, r"check_val_every_n_epoch must be null or an integer >= 1"),
     ("accelerator", "lsgan", ["trainer.accelerator=quantum"], ConfigError, r"trainer.accelerator must be one of \['auto', 'cpu'"),
     ("precision", "lsgan", ["trainer.precision=8-true"], ConfigError, r"trainer.precision must be one of \['32-true'"),
-    ("extractors", "lsgan", ["metrics.extractors=[fid]"], ConfigError, r"metrics.extractors must be 'auto' or a non-empty list drawn from \['retina', 'inception'\], got \['fid'\]"),
+    ("extractors", "lsgan", ["metrics.extractors=[fid]"], ConfigError, r"metrics.extractors must be 'auto' or a non-empty list drawn from \['retina_v2', 'retina', 'inception'\], got \['fid'\]"),
     ("guard_action", "lsgan", ["callbacks.divergence_guard.action=ignore"], ConfigError, r"divergence_guard.action must be one of \['stop', 'skip'\]"),
     ("save_interval", "lsgan", ["callbacks.last_checkpoint.every_n_train_batches=0"], ConfigError, r"every_n_train_batches must be null or an integer >= 1"),
     ("data_missing", "lsgan", ["data.root={inputs}/empty", "data.download=false"], DataFileError, r"RetinaMNIST file not found: .*empty/retinamnist.npz"),

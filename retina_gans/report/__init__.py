@@ -30,6 +30,7 @@ EXTRACTOR_ORDER = {"retina_v2": 0, "retina": 1, "inception": 2}
 # The blog posts' numbers (../shared/seeds; in each variant's card, `variant.blog`): one run each, Inception-based
 # presumably, protocol unknown.
 BLOG_HEADER = "blog (Inception-based?, 1 run, protocol not comparable)"
+C2ST_SAMPLES = 500  # per side, for the report's two-sample tests (cost grows with it)
 DEFAULT_MAIN = "fid_retina_v2"  # conf/metrics/default.yaml's metrics.main; a run's own config says which it used
 BUDGET_NOTES = {
     "blog": "`experiment=blog`: the blog's setup, 50 epochs for every model, so the WGANs (n_critic 5) make "
@@ -151,8 +152,9 @@ def run_rows(sweep: Sweep, columns: list[tuple[str, str, str]]) -> pd.DataFrame:
 
 
 def _two_sample_tests(sweep: Sweep) -> None:
-    """The classifier two-sample test (registry's `c2st`) of each complete run's final model: 1,080 samples of its
-    last.ckpt (noise seed 0) against the real train split. Seconds per run on a CPU: too slow for validation."""
+    """The classifier two-sample test (registry's `c2st`) of each complete run's final model: 500 samples of its
+    last.ckpt (noise seed 0) against the first 500 real train images (half of each to train the classifier, half to
+    test it). Seconds per run on a CPU: too slow for validation; `evaluate` runs it on the whole split."""
     from retina_gans.metrics.c2st import c2st_accuracy
     from retina_gans.models import GAN
     from retina_gans.sample import generate_samples
@@ -163,7 +165,7 @@ def _two_sample_tests(sweep: Sweep) -> None:
             continue
         try:
             gan = GAN.from_checkpoint(last)
-            real = figures.real_samples(last, n=1080)
+            real = figures.real_samples(last, n=C2ST_SAMPLES)
             run.c2st = float(c2st_accuracy(real, generate_samples(gan, len(real), 0, 500)))
         except Exception:  # noqa: BLE001 - an unreadable checkpoint or missing data: the cell shows *missing*
             run.c2st = None
