@@ -134,7 +134,7 @@ def test_optuna_search_stores_a_study_of_completed_trials_that_a_rerun_resumes(s
         checkpoint = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
         assert checkpoint["run_config"]["model"]["n_critic"] == trial.params["model.n_critic"]
         with open(run / "metrics.csv") as f:
-            (fid,) = [float(row["val/fid_retina"]) for row in csv.DictReader(f) if row["val/fid_retina"]]
+            (fid,) = [float(row["val/fid_retina_v2"]) for row in csv.DictReader(f) if row["val/fid_retina_v2"]]
         assert trial.value == pytest.approx(fid)
     # the same command again resumes the study: one more trial joins the three
     result = run_cli(*search, "hydra.sweeper.n_trials=1", cwd=tmp_path)

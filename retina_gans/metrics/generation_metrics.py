@@ -125,10 +125,13 @@ class GenerationMetrics(nn.Module):
         self.names = resolve_extractors(extractors, inception_weights)
         self.channels = channels
         self.batch_size = batch_size
-        # a plain dict is not registered by nn.Module: see the module docstring
-        self._extractors: dict[str, nn.Module] = {
-            name: build_extractor(name, channels, inception_weights) for name in self.names
-        }
+        # a plain dict is not registered by nn.Module: see the module docstring. Built under fork_rng: constructing a
+        # network draws initial weights from torch's global generator, and a seed's training must not depend on
+        # which metrics are configured (the loaded weights replace those draws anyway)
+        with torch.random.fork_rng(devices=[]):
+            self._extractors: dict[str, nn.Module] = {
+                name: build_extractor(name, channels, inception_weights) for name in self.names
+            }
         self.reference: Reference | None = None
 
     @property
