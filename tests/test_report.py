@@ -127,11 +127,11 @@ def test_report_numbers_equal_the_logged_ones(sweep):
             finals.append(fid.iloc[-1])
             generator_steps.append(steps)
         rows = {row["metric"]: row for row in tables[f"{NAMES[model]} (blog)"]}
-        mean, sd = rows["FID (retina)"]["final: mean ± sd"].split(" ± ")
+        mean, sd = rows["FID (retina_v2)"]["final: mean ± sd"].split(" ± ")
         unit = 0.5 * 10.0 ** -len(mean.partition(".")[2])  # rounded to the sd's second significant digit
         assert float(mean) == pytest.approx(np.mean(finals), abs=unit)
         assert float(sd) == pytest.approx(np.std(finals, ddof=1), abs=unit)
-        low, high = rows["FID (retina)"]["final: 95% CI (t)"].strip("[]").split(", ")
+        low, high = rows["FID (retina_v2)"]["final: 95% CI (t)"].strip("[]").split(", ")
         half = scipy_stats.t.ppf(0.975, 1) * np.std(finals, ddof=1) / math.sqrt(2)
         assert float(high) == pytest.approx(np.mean(finals) + half, abs=unit)
         assert float(low.rstrip("*")) == pytest.approx(max(0.0, np.mean(finals) - half), abs=unit)  # cut at 0 (FID)
@@ -139,7 +139,7 @@ def test_report_numbers_equal_the_logged_ones(sweep):
         assert summary["complete seeds"] == "2 of 2" and number(summary["generator steps"]) == generator_steps[0]
     per_run = pd.read_csv(sweep / "report" / "runs.csv")
     run = job_dir(sweep, "wgan", "1")
-    assert per_run.set_index("job").loc[f"blog/{run.name}", "kid_retina_final"] == \
+    assert per_run.set_index("job").loc[f"blog/{run.name}", "kid_retina_mean_final"] == \
         logged(run, "val/kid_retina_mean").iloc[-1]
 
 
