@@ -27,7 +27,6 @@ from retina_gans.metrics.spectrum import radial_power_spectrum
 
 _Precomputed = Precomputed  # the name earlier versions and tests import
 
-KID_MAX_SUBSET_SIZE = 1000  # torchmetrics' and torch-fidelity's default subset size, reached from 2000 samples
 METRICS_SEED = 0  # KID subsets and IS splits are random draws: fixed, so a value changes only when the images do
 
 

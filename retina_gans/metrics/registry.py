@@ -134,6 +134,7 @@ def _fid(ref: Reference, gen: Generated, ext: str) -> dict[str, Tensor]:
 def _kid(ref: Reference, gen: Generated, ext: str) -> dict[str, Tensor]:
     kid = ref.cache[("kid", ext)]
     n_real = len(ref.embeddings[ext])
+    # torchmetrics' and torch-fidelity's 1000, reached from 2000 samples; half the smaller set below that
     kid.subset_size = max(2, min(1000, min(n_real, len(gen.embeddings[ext])) // 2))
     kid.update(gen.embeddings[ext], real=False)
     mean, std = kid.compute()
