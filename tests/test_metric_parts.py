@@ -102,6 +102,10 @@ def test_damages_keep_shape_and_dtype_and_have_their_stated_size():
     assert (damage.black_rectangles(images, 1, g()) == 0).sum(dim=(1, 2, 3)).eq(25).all()
     assert torch.equal(damage.gaussian_blur(images, 1.0), images)  # a flat image stays flat
     assert torch.equal(damage.swirl(images, 0), images)
+    ramp = torch.arange(28 * 28, dtype=torch.float32).remainder(256).to(torch.uint8).view(1, 1, 28, 28)
+    swirled = damage.swirl(ramp, 2.0)  # pixels moved, never interpolated: no new grey values, no blur
+    assert set(swirled.unique().tolist()) <= set(ramp.unique().tolist()) and not torch.equal(swirled, ramp)
+    assert (damage.swirl(ramp, 4.0) != ramp).sum() > (damage.swirl(ramp, 0.5) != ramp).sum()
 
 
 def test_set_damages_collapse_drop_and_copy_as_stated():
