@@ -172,6 +172,12 @@ class GAN(L.LightningModule):
         weights = self.grade_counts if self.fake_grades == "train" else torch.ones_like(self.grade_counts)
         return torch.multinomial(weights, n, replacement=True)
 
+    def sample_fakes(self, n: int) -> tuple[Tensor, Tensor | None]:
+        """A generated batch (n, C, H, W) in [-1, 1] in the generator's current mode, and its grades (n,) or None."""
+        grades = self.sample_grades(n)
+        noise = self.sample_noise(n)
+        return (self.generator(noise) if grades is None else self.generator(noise, grades)), grades
+
     def training_step(self, batch: Tensor | tuple[Tensor, Tensor], batch_idx: int) -> dict[str, Tensor]:
         """One critic step on this batch; one generator step after every n_critic-th critic step.
 
@@ -180,8 +186,7 @@ class GAN(L.LightningModule):
         real, real_grades = batch if self.conditional else (batch, None)  # (N, C, H, W) in [-1, 1], (N,)
         critic_opt, generator_opt = self.optimizers()
         with torch.no_grad():  # the critic's loss sees the generator only through this detached batch
-            fake_grades = self.sample_grades(real.shape[0])
-            fake = self._generator(self.sample_noise(real.shape[0]), fake_grades)  # (N, C, H, W) in [-1, 1]
+            fake, fake_grades = self.sample_fakes(real.shape[0])  # (N, C, H, W) in [-1, 1], (N,) or None
         critic_loss, extra = self.critic_loss(real, fake, real_grades, fake_grades)
         self._update(critic_opt, critic_loss)
         self.constrain_critic()
@@ -194,8 +199,7 @@ class GAN(L.LightningModule):
             # twice per step, and restores them from a dict).
             self.critic.requires_grad_(False)
             try:
-                grades = self.sample_grades(real.shape[0])
-                generator_loss = self.generator_loss(self._generator(self.sample_noise(real.shape[0]), grades), grades)
+                generator_loss = self.generator_loss(*self.sample_fakes(real.shape[0]))
                 self._update(generator_opt, generator_loss)
             finally:
                 self.critic.requires_grad_(True)
@@ -248,9 +252,6 @@ class GAN(L.LightningModule):
         return gan.eval()
 
     # ---- samples --------------------------------------------------------------------------------
-    def _generator(self, noise: Tensor, grades: Tensor | None) -> Tensor:
-        return self.generator(noise) if grades is None else self.generator(noise, grades)
-
     @torch.no_grad()
     def generate(self, noise: Tensor, grades: Tensor | None = None) -> Tensor:
         """Samples in eval mode (BatchNorm uses running statistics), as uint8 (N, C, H, W); conditional: of `grades`
@@ -259,7 +260,8 @@ class GAN(L.LightningModule):
             raise ValueError("a conditional GAN generates images of given grades: generate(noise, grades)")
         was_training = self.generator.training
         self.generator.eval()
-        images = to_uint8(self._generator(noise.to(self.device), None if grades is None else grades.to(self.device)))
+        noise = noise.to(self.device)
+        images = to_uint8(self.generator(noise) if grades is None else self.generator(noise, grades.to(self.device)))
         self.generator.train(was_training)
         return images
 
