@@ -282,4 +282,48 @@ def test_utility_of_a_generator_that_returns_real_images_matches_real_only(synth
     assert good["synthetic"]["auc"]["mean"] == pytest.approx(good["real"]["auc"]["mean"], abs=0.05)
     assert good["synthetic"]["accuracy"]["mean"] == pytest.approx(good["real"]["accuracy"]["mean"], abs=0.1)
     bad = utility(noise_of, splits, seeds=1, epochs=3, width=4)
-    assert bad["synthetic"]["auc"]["mean"] < 0.7
+    assert bad["synthetic"]["auc"]["mean"] < good["synthetic"]["auc"]["mean"] - 0.15  # the protocol tells them apart
+
+
+def test_report_shows_the_utility_of_conditional_runs_and_how_to_measure_a_missing_one(tmp_path):
+    import json
+
+    from retina_gans.report import _utility_section
+    from retina_gans.report.render import Doc
+    from retina_gans.report.runs import COMPLETE, Run, Sweep
+
+    def run(seed: int, auc: float | None) -> Run:
+        path = tmp_path / f"job{seed}"
+        (path / "checkpoints").mkdir(parents=True)
+        if auc is not None:
+            scores = lambda a: {"accuracy": {"mean": 0.5, "sd": 0.01}, "auc": {"mean": a, "sd": 0.02}}  # noqa: E731
+            settings = {"real": scores(0.7), "synthetic": scores(auc), "real+balance": scores(0.72),
+                        "real+equal": scores(0.71)}
+            (path / "checkpoints" / "utility-last.json").write_text(json.dumps({"settings": settings}))
+        return Run(job=str(seed), path=path, labels={}, model="lsgan", section="blog", seed=str(seed),
+                   status=COMPLETE, config={"model": {"conditional": True}})
+
+    doc = Doc()
+    _utility_section(doc, Sweep(tmp_path, [run(0, 0.63), run(1, 0.65), run(2, None)], [], {}))
+    text = doc.markdown()
+    assert "Downstream utility" in text and "| LS-GAN | synthetic | 2 |" in text and "0.64 ± 0.01" in text
+    assert f"retina_gans.utility ckpt_path={tmp_path}/job2/checkpoints/last.ckpt" in text
+
+
+def test_per_grade_metric_keys_are_registered_with_directions():
+    from retina_gans.metrics import GenerationMetrics, direction, metric_for_key
+    from retina_gans.metrics.registry import extractor_of_key
+    from tests.metrics_fixtures import synthetic_fundus
+
+    metrics = GenerationMetrics(["retina"], None, 1)
+    labels = torch.arange(100) % 5
+    images = synthetic_fundus(100, 1, seed=0)
+    metrics.set_reference(images, images, images, reference_labels=labels, test_labels=labels)
+    values = metrics.compute(synthetic_fundus(100, 1, seed=1), labels=labels)
+    per_grade = [k for k in values if "grade" in k]
+    assert len(per_grade) == 5 + 1 + 5 + 5  # KID per grade; accuracy mean and per grade; the real test's per grade
+    for key in per_grade:
+        assert metric_for_key(key) is not None and direction(key) in ("lower", "higher"), key
+    assert extractor_of_key("kid_retina_v2_grade4") == "retina_v2" and direction("kid_retina_grade0") == "lower"
+    assert metric_for_key("real_test_grade_accuracy_retina_grade1").name == "grade_consistency"
+    assert not any("grade" in k for k in metrics.compute(synthetic_fundus(100, 1, seed=1)))  # no labels: none
