@@ -18,7 +18,7 @@ from retina_gans.metrics.retina_classifier import fit_classifier
 from retina_gans.networks import Critic, Generator, ResNetCritic, ResNetGenerator
 from retina_gans.sample import SampleError, split_counts, write_samples
 from retina_gans.train import build, train
-from retina_gans.utility import binary_auc, macro_auc, training_sets, utility
+from retina_gans.utility import binary_auc, macro_auc, torch_threads, training_sets, utility
 from tests.conftest import CONF_DIR
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -98,18 +98,23 @@ def test_r1_is_taken_at_real_images_with_their_grades(fast_config):
 
 
 @pytest.mark.parametrize("model", VARIANTS)
-def test_every_variant_trains_conditionally_with_per_grade_grid_and_metrics(model, fast_config, tmp_path):
-    metrics = train(fast_config(model, "model.conditional=true", "trainer.limit_val_batches=1.0",
-                                "metrics.extractors=[retina_v2,retina]"))
+def test_every_variant_trains_conditionally_with_a_row_per_grade_in_its_grid(model, fast_config, tmp_path):
+    metrics = train(fast_config(model, "model.conditional=true"))
+    assert all(np.isfinite(v) for v in metrics.values())
+    from torchvision.io import decode_png, read_file
+
+    grid = decode_png(read_file(str(tmp_path / "samples" / "epoch_0000.png")))
+    assert grid.shape[1:] == (2 + 5 * 30, 2 + 8 * 30)  # a row per grade, 8 columns of 28 px with 2 px padding
+
+
+def test_conditional_validation_logs_per_grade_kid_and_grade_consistency(fast_config):
+    metrics = train(fast_config("wgan_gp", "model.conditional=true", "trainer.limit_val_batches=1.0",
+                                "metrics.extractors=[retina_v2,retina]", "data.reference_split=val"))
     assert all(np.isfinite(v) for v in metrics.values())
     for grade in range(5):
         assert f"val/kid_retina_v2_grade{grade}" in metrics
         assert f"val/grade_accuracy_retina_grade{grade}" in metrics
         assert f"val/real_test_grade_accuracy_retina_grade{grade}" in metrics
-    from torchvision.io import decode_png, read_file
-
-    grid = decode_png(read_file(str(tmp_path / "samples" / "epoch_0000.png")))
-    assert grid.shape[1:] == (2 + 5 * 30, 2 + 8 * 30)  # a row per grade, 8 columns of 28 px with 2 px padding
 
 
 def test_fake_grades_follow_the_train_split_or_are_uniform(fast_config):
@@ -276,12 +281,13 @@ def test_utility_of_a_generator_that_returns_real_images_matches_real_only(synth
     def noise_of(grades: torch.Tensor) -> torch.Tensor:  # a useless one: noise whatever the grade
         return torch.randint(0, 256, (len(grades), 1, 28, 28), dtype=torch.uint8, generator=g)
 
-    good = utility(real_images_of, splits, seeds=2, epochs=3, width=4)
-    assert set(good) == {"real", "synthetic", "real+balance", "real+equal"}
+    with torch_threads(1):  # what the command does: these small nets are several times faster on one thread
+        good = utility(real_images_of, splits, seeds=2, epochs=3, width=4)
+        bad = utility(noise_of, splits, seeds=1, epochs=3, width=4)
+        assert set(good) == {"real", "synthetic", "real+balance", "real+equal"}
     assert good["real"]["auc"]["mean"] > 0.9
     assert good["synthetic"]["auc"]["mean"] == pytest.approx(good["real"]["auc"]["mean"], abs=0.05)
     assert good["synthetic"]["accuracy"]["mean"] == pytest.approx(good["real"]["accuracy"]["mean"], abs=0.1)
-    bad = utility(noise_of, splits, seeds=1, epochs=3, width=4)
     assert bad["synthetic"]["auc"]["mean"] < good["synthetic"]["auc"]["mean"] - 0.15  # the protocol tells them apart
 
 
@@ -306,8 +312,9 @@ def test_report_shows_the_utility_of_conditional_runs_and_how_to_measure_a_missi
     doc = Doc()
     _utility_section(doc, Sweep(tmp_path, [run(0, 0.63), run(1, 0.65), run(2, None)], [], {}))
     text = doc.markdown()
-    assert "Downstream utility" in text and "| LS-GAN | synthetic | 2 |" in text and "0.64 ± 0.01" in text
+    assert "Downstream utility" in text and "| LS-GAN | synthetic | 2 |" in text and "| 0.640 ± 0.014 |" in text
     assert f"retina_gans.utility ckpt_path={tmp_path}/job2/checkpoints/last.ckpt" in text
+    assert "How this report was made" not in text
 
 
 def test_per_grade_metric_keys_are_registered_with_directions():

@@ -503,6 +503,9 @@ def _utility_section(doc: Doc, sweep: Sweep) -> None:
               "`real+balance` or `real+equal` above real-only by more than the classifier-seed sd.")
     if missing:
         doc.p("**Not measured** (no utility JSON beside the checkpoint):\n" + "\n".join(f"- {m}" for m in missing))
+
+
+def _provenance(doc: Doc, sweep: Sweep) -> None:
     doc.h(2, "How this report was made")
     lines = [f"- Report: `python -m retina_gans.report {sweep.path}`, {datetime.now().isoformat(timespec='seconds')}",
              f"- Project commit now: `{git_commit()}`"]
