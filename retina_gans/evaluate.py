@@ -104,7 +104,7 @@ def evaluate_images(images: Tensor, reference_split: str, extractors: list[str] 
     metrics.set_reference(*(split[s][0].to(device) for s in (reference_split, "train", "test")), **grades)
     names = [m for m, spec in METRICS.items() if spec.every_validation or (c2st and m == "c2st")]
     values = {k: float(v) for k, v in metrics.compute(images.to(device), names, labels).items()}
-    return {"metrics": values, "extractors": metrics.names, "n_reference": len(split[reference_split])}
+    return {"metrics": values, "extractors": metrics.names, "n_reference": len(split[reference_split][0])}
 
 
 def _check_out(out: Path, overwrite: bool) -> None:

@@ -187,6 +187,17 @@ def test_sample_grades_real_follows_the_train_split(conditional_checkpoint, synt
     assert written.tolist() == torch.bincount(train_labels, minlength=5).tolist()
 
 
+def test_evaluate_a_conditional_checkpoint_adds_the_per_grade_metrics(conditional_checkpoint, synthetic_data_dir,
+                                                                     tmp_path):
+    from retina_gans.evaluate import run
+    from tests.test_evaluate_samples import evaluate_config
+
+    cfg = evaluate_config(ckpt_path=str(conditional_checkpoint), n_samples=400, reference_split="test",
+                          root=synthetic_data_dir, out=str(tmp_path / "e.json"))
+    metrics = run(cfg)[0]["metrics"]
+    assert {"kid_retina_grade4", "grade_accuracy_retina", "real_test_grade_accuracy_retina_grade0"} <= set(metrics)
+
+
 def test_split_counts_keeps_the_total_and_the_proportions():
     assert split_counts([486, 128, 206, 194, 66], 1080) == [486, 128, 206, 194, 66]
     assert split_counts([1, 1, 1], 10) == [4, 3, 3] and sum(split_counts([486, 128, 206, 194, 66], 7)) == 7
