@@ -345,3 +345,11 @@ def test_per_grade_metric_keys_are_registered_with_directions():
     assert extractor_of_key("kid_retina_v2_grade4") == "retina_v2" and direction("kid_retina_grade0") == "lower"
     assert metric_for_key("real_test_grade_accuracy_retina_grade1").name == "grade_consistency"
     assert not any("grade" in k for k in metrics.compute(synthetic_fundus(100, 1, seed=1)))  # no labels: none
+
+
+def test_the_benchs_bare_loop_trains_a_conditional_gan_with_the_same_parts(fast_config):
+    from retina_gans.bench.training import bench_bare
+
+    result = bench_bare(fast_config("wgan_gp", "model.conditional=true", "model.n_critic=2"), warmup=1, steps=2,
+                        device=torch.device("cpu"))
+    assert result["batches"] == 2 and result["generator_steps"] == 1
