@@ -81,7 +81,7 @@ class StepWindow(L.Callback):
         self.batches += 1
         if self.start is None:
             return
-        self.images += batch.shape[0]
+        self.images += (batch[0] if isinstance(batch, (tuple, list)) else batch).shape[0]  # conditional: a pair
         # host time only (asynchronous on a GPU); a save inside the batch's end hooks counts as checkpoint time
         self.in_batch_s += time.perf_counter() - self._batch_start - self._saved_in_batch
         if self.batches == self.warmup + self.steps:
