@@ -353,3 +353,11 @@ def test_the_benchs_bare_loop_trains_a_conditional_gan_with_the_same_parts(fast_
     result = bench_bare(fast_config("wgan_gp", "model.conditional=true", "model.n_critic=2"), warmup=1, steps=2,
                         device=torch.device("cpu"))
     assert result["batches"] == 2 and result["generator_steps"] == 1
+
+
+def test_the_divergence_guard_stops_a_conditional_run_on_a_nan_batch(fast_config):
+    from retina_gans.divergence import DivergenceError
+
+    with pytest.raises(DivergenceError):
+        train(fast_config("lsgan", "model.conditional=true", "debug.inject_nan_at_step=2",
+                          "callbacks.divergence_guard.check_every_n_steps=1"))
