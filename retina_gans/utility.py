@@ -121,7 +121,7 @@ def table(results: dict[str, Any]) -> str:
 @contextlib.contextmanager
 def torch_threads(n: int) -> Iterator[None]:
     """torch's intra-op threads set to n for a block, then restored. The grade classifier's small convolutions ran
-    2x-15x slower with 2 threads than with 1 on the shared 2-core CPU (0.7 s per 1,080-image epoch with 1 thread)."""
+    5-16x slower with 2 threads than with 1 on the shared, loaded 2-core CPU (0.7 s per 1,080-image epoch with 1)."""
     before = torch.get_num_threads()
     torch.set_num_threads(n)
     try:
