@@ -195,7 +195,7 @@ def test_evaluate_a_conditional_checkpoint_adds_the_per_grade_metrics(conditiona
     cfg = evaluate_config(ckpt_path=str(conditional_checkpoint), n_samples=400, reference_split="test",
                           root=synthetic_data_dir, out=str(tmp_path / "e.json"))
     metrics = run(cfg)[0]["metrics"]
-    assert {"kid_retina_grade4", "grade_accuracy_retina", "real_test_grade_accuracy_retina_grade0"} <= set(metrics)
+    assert {"kid_retina_grade4", "grade_accuracy_retina_mean", "real_test_grade_accuracy_retina_grade0"} <= set(metrics)
 
 
 def test_split_counts_keeps_the_total_and_the_proportions():
@@ -344,6 +344,7 @@ def test_per_grade_metric_keys_are_registered_with_directions():
         assert metric_for_key(key) is not None and direction(key) in ("lower", "higher"), key
     assert extractor_of_key("kid_retina_v2_grade4") == "retina_v2" and direction("kid_retina_grade0") == "lower"
     assert metric_for_key("real_test_grade_accuracy_retina_grade1").name == "grade_consistency"
+    assert {extractor_of_key(k) for k in per_grade} == {"retina"}  # no key parsed as another key's template
     assert not any("grade" in k for k in metrics.compute(synthetic_fundus(100, 1, seed=1)))  # no labels: none
 
 

@@ -172,7 +172,7 @@ def _kid_per_grade(ref: Reference, gen: Generated, ext: str) -> dict[str, Tensor
 
 
 @register("grade_consistency",
-          ("grade_accuracy_{ext}",) + tuple(f"grade_accuracy_{{ext}}_grade{g}" for g in GRADES)
+          ("grade_accuracy_{ext}_mean",) + tuple(f"grade_accuracy_{{ext}}_grade{g}" for g in GRADES)
           + tuple(f"real_test_grade_accuracy_{{ext}}_grade{g}" for g in GRADES),
           "logits", ("higher",) * (1 + 2 * len(GRADES)), "grade consistency",
           "the grade classifier's accuracy on generated images of each requested grade (and its mean over grades), "
@@ -191,7 +191,7 @@ def _grade_consistency(ref: Reference, gen: Generated, ext: str) -> dict[str, Te
             real = ref.test_labels == grade
             values[f"real_test_grade_accuracy_{ext}_grade{grade}"] = (test_logits[real].argmax(1) == grade).float().mean()
     if values:
-        values[f"grade_accuracy_{ext}"] = torch.stack([v for k, v in values.items() if not k.startswith("real")]).mean()
+        values[f"grade_accuracy_{ext}_mean"] = torch.stack([v for k, v in values.items() if not k.startswith("real")]).mean()
     return values
 
 
