@@ -164,14 +164,14 @@ def run_utility(root: Path, overrides: list[str]) -> int:
     checkpoint, where the report reads it); returns the number that failed."""
     from retina_gans.report.runs import load_sweep
 
-    data_root = [f"data.root={o.split('=', 1)[1]}" for o in overrides if _key(o) == "data.root"]
+    data = [o for o in overrides if _key(o) in ("data.root", "data.verify_md5")]  # where the jobs read the data
     failed = 0
     for sweep_dir in sorted(p for p in root.iterdir() if p.is_dir()):
         for run in load_sweep(sweep_dir).runs:
             if not (run.usable and (run.config.get("model") or {}).get("conditional")):
                 continue
             command = [sys.executable, "-m", "retina_gans.utility", f"ckpt_path={run.path}/checkpoints/last.ckpt",
-                       "overwrite=true", *data_root, f"hydra.run.dir={run.path}/utility"]
+                       "overwrite=true", *data, f"hydra.run.dir={run.path}/utility"]
             print("[compare] " + shlex.join(command), flush=True)
             failed += subprocess.run(command).returncode != 0
     return failed
