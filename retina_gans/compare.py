@@ -159,6 +159,24 @@ def machine() -> dict[str, str]:
     return info
 
 
+def run_utility(root: Path, overrides: list[str]) -> int:
+    """`python -m retina_gans.utility` on each complete conditional run under `root` (its JSON lands beside the
+    checkpoint, where the report reads it); returns the number that failed."""
+    from retina_gans.report.runs import load_sweep
+
+    data = [o for o in overrides if _key(o) in ("data.root", "data.verify_md5")]  # where the jobs read the data
+    failed = 0
+    for sweep_dir in sorted(p for p in root.iterdir() if p.is_dir()):
+        for run in load_sweep(sweep_dir).runs:
+            if not (run.usable and (run.config.get("model") or {}).get("conditional")):
+                continue
+            command = [sys.executable, "-m", "retina_gans.utility", f"ckpt_path={run.path}/checkpoints/last.ckpt",
+                       "overwrite=true", *data, f"hydra.run.dir={run.path}/utility"]
+            print("[compare] " + shlex.join(command), flush=True)
+            failed += subprocess.run(command).returncode != 0
+    return failed
+
+
 # ---- the command line ---------------------------------------------------------------------------------
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
@@ -173,6 +191,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         "(default: the blog's three, those whose card has the blog's numbers)")
     parser.add_argument("--sweep-dir", type=Path, default=None, help="default logs/compare/<time>")
     parser.add_argument("--dry-run", action="store_true", help="print the command and exit")
+    parser.add_argument("--utility", action="store_true", help="with model.conditional=true: after training, run "
+                        "python -m retina_gans.utility on every complete run's last.ckpt (about 3 min each on a CPU)")
     args, overrides = parser.parse_known_args(argv)
     unknown = [o for o in overrides if o.startswith("--")]
     if unknown:
@@ -246,6 +266,8 @@ def main(argv: list[str] | None = None) -> int:
             failures += 1
             print(f"[compare] the {sweep_dir.name} multirun exited with code {returncode}; "
                   "the report says which jobs are missing", flush=True)
+    if args.utility:
+        failures += run_utility(root, args.overrides)
     from retina_gans.report import build_report  # heavy imports (matplotlib, pandas) only here
 
     report = build_report(root)

@@ -90,6 +90,9 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "model.clip_value": POSITIVE,
     "model.gp_weight": NON_NEGATIVE,
     "model.compile": BOOLEAN,
+    "model.conditional": BOOLEAN,
+    "model.fake_grades": one_of("train", "uniform"),
+    "data.labels": BOOLEAN,
     "model.generator.width": int_at_least(1),
     "model.critic.width": int_at_least(1),
     "model.generator.batch_norm": BOOLEAN,
@@ -181,6 +184,10 @@ def validate(cfg: DictConfig) -> None:
         if not test(value):
             why = f" ({WHY[key]})" if key in WHY else ""
             raise ConfigError(f"{key} must be {allowed}{why}, got {value!r}")
+    if OmegaConf.select(cfg, "model.conditional", default=False) \
+            and not OmegaConf.select(cfg, "data.labels", default=False):
+        raise ConfigError("model.conditional=true trains on the grades: data.labels must be true (its default "
+                          "follows model.conditional; leave data.labels unset)")
     # Across fields: the one combination the model constructors reject (there it surfaces wrapped in Hydra's
     # InstantiationException, which is not a one-line error).
     if str(OmegaConf.select(cfg, "model._target_", default="")).endswith(".WGANGP") \

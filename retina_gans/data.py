@@ -124,7 +124,7 @@ def load_split(path: Path, split: str, size: int, channels: int) -> tuple[Tensor
 
 
 class ShuffledBatches:
-    """Batches sliced from an in-memory tensor, in an order fixed by (seed, epoch).
+    """Batches sliced from an in-memory tensor, in an order fixed by (seed, epoch); with `labels`, (images, labels).
 
     Because the order is a pure function of the seed and the epoch, and the position within
     the epoch is part of `state_dict`, Lightning can resume it exactly mid-epoch. Under DDP each
@@ -141,8 +141,10 @@ class ShuffledBatches:
         rank: int = 0,
         world_size: int = 1,
         with_indices: bool = False,
+        labels: Tensor | None = None,
     ) -> None:
         self.images = images
+        self.labels = labels  # (N,) int64 on the images' device, or None: batches are images alone
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.drop_last = drop_last
@@ -179,7 +181,10 @@ class ShuffledBatches:
             self._position = b + 1
             batch_indices = indices[b * self.batch_size : (b + 1) * self.batch_size]
             batch = self.images[batch_indices]
-            yield (batch_indices, batch) if self.with_indices else batch
+            if self.labels is not None:
+                yield batch, self.labels[batch_indices]  # (B, C, H, W), (B,)
+            else:
+                yield (batch_indices, batch) if self.with_indices else batch
 
     def state_dict(self) -> dict[str, int]:
         # `position` counts batches handed out. Lightning's fetcher prefetches nothing from an iterable with a
@@ -200,7 +205,8 @@ class ShuffledBatches:
 
 
 class RetinaMNISTDataModule(L.LightningDataModule):
-    """RetinaMNIST splits as tensors in [-1, 1]; training batches are shuffled slices."""
+    """RetinaMNIST splits as tensors in [-1, 1]; training batches are shuffled slices, with their grades when
+    `labels` (conditional models); without, batches are the image tensors alone (no label indexing per step)."""
 
     def __init__(
         self,
@@ -214,6 +220,7 @@ class RetinaMNISTDataModule(L.LightningDataModule):
         verify_md5: bool,
         on_device: bool,
         reference_split: str,
+        labels: bool,
         seed: int,
     ) -> None:
         super().__init__()
@@ -245,10 +252,12 @@ class RetinaMNISTDataModule(L.LightningDataModule):
             images = images.to(self.trainer.strategy.root_device)
         return images
 
-    def _batches(self, split: str, batch_size: int, shuffle: bool, drop_last: bool, with_indices: bool) -> ShuffledBatches:
+    def _batches(self, split: str, batch_size: int, shuffle: bool, drop_last: bool, with_indices: bool,
+                 labels: bool = False) -> ShuffledBatches:
         trainer: Any = self.trainer
+        images = self.model_images(split)
         return ShuffledBatches(
-            self.model_images(split),
+            images,
             batch_size=batch_size,
             shuffle=shuffle,
             drop_last=drop_last,
@@ -256,10 +265,12 @@ class RetinaMNISTDataModule(L.LightningDataModule):
             rank=trainer.global_rank if trainer else 0,
             world_size=trainer.world_size if trainer else 1,
             with_indices=with_indices,
+            labels=self.labels[split].to(images.device) if labels else None,
         )
 
     def train_dataloader(self) -> ShuffledBatches:
-        return self._batches("train", self.hparams.batch_size, True, self.hparams.drop_last, False)
+        return self._batches("train", self.hparams.batch_size, True, self.hparams.drop_last, False,
+                             self.hparams.labels)
 
     def val_dataloader(self) -> ShuffledBatches:
         """The metric reference split in order, with each image's index (it picks the matching evaluation noise)."""

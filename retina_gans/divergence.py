@@ -52,7 +52,8 @@ class DivergenceGuard(L.Callback):
         if self.action == "skip":  # BatchNorm running statistics: the bad batch's forward pass changes them too
             self._buffers = {net: [b.detach().clone() for b in net.buffers()] for net in (gan.generator, gan.critic)}
         if self.inject_nan_at_step is not None and gan.critic_steps + 1 == self.inject_nan_at_step:
-            batch.fill_(float("nan"))  # a copy sliced from the data tensor: the data set itself is untouched
+            images = batch[0] if isinstance(batch, (tuple, list)) else batch  # conditional: (images, grades)
+            images.fill_(float("nan"))  # a copy sliced from the data tensor: the data set itself is untouched
 
     def on_before_optimizer_step(self, trainer: L.Trainer, gan: L.LightningModule, optimizer: Any) -> None:
         if self.action != "skip":

@@ -92,16 +92,19 @@ def _check_count(n: int, what: str) -> None:
 
 
 def evaluate_images(images: Tensor, reference_split: str, extractors: list[str] | str, inception_weights: str | None,
-                    data_root: str, verify_md5: bool, device: str, c2st: bool) -> dict[str, Any]:
-    """Every registered metric of uint8 `images` (N, C, H, W) against the real `reference_split`."""
+                    data_root: str, verify_md5: bool, device: str, c2st: bool,
+                    labels: Tensor | None = None) -> dict[str, Any]:
+    """Every registered metric of uint8 `images` (N, C, H, W) against the real `reference_split`; with the grade
+    each image was generated as (`labels` (N,), conditional GANs), the per-grade metrics too."""
     size, channels = images.shape[2], images.shape[1]
     path = ensure_data_file(data_root, size, download=False, verify_md5=verify_md5)
-    split = {name: load_split(path, name, size, channels)[0] for name in {reference_split, "train", "test"}}
+    split = {name: load_split(path, name, size, channels) for name in {reference_split, "train", "test"}}
     metrics = GenerationMetrics(extractors, inception_weights, channels).to(device)
-    metrics.set_reference(*(split[s].to(device) for s in (reference_split, "train", "test")))
+    grades = {} if labels is None else {"reference_labels": split[reference_split][1], "test_labels": split["test"][1]}
+    metrics.set_reference(*(split[s][0].to(device) for s in (reference_split, "train", "test")), **grades)
     names = [m for m, spec in METRICS.items() if spec.every_validation or (c2st and m == "c2st")]
-    values = {k: float(v) for k, v in metrics.compute(images.to(device), names).items()}
-    return {"metrics": values, "extractors": metrics.names, "n_reference": len(split[reference_split])}
+    values = {k: float(v) for k, v in metrics.compute(images.to(device), names, labels).items()}
+    return {"metrics": values, "extractors": metrics.names, "n_reference": len(split[reference_split][0])}
 
 
 def _check_out(out: Path, overwrite: bool) -> None:
@@ -140,9 +143,10 @@ def run(cfg: DictConfig) -> tuple[dict[str, Any], Path]:
         _check_count(len(images), f"samples={samples}")
         default_out = source.with_name(f"{source.stem}.eval-{cfg.reference_split}-n{len(images)}.json")
         protocol_source: dict[str, Any] = {"samples": str(source)}
+        labels = None
     else:
         from retina_gans.models import GAN
-        from retina_gans.sample import generate_samples
+        from retina_gans.sample import generate_samples, grade_labels
 
         gan = GAN.from_checkpoint(source, map_location=device)
         data = gan.run_config["data"]
@@ -152,14 +156,16 @@ def run(cfg: DictConfig) -> tuple[dict[str, Any], Path]:
         protocol_source = {"checkpoint": str(source), "model": gan.run_config["model"]["_target_"],
                            "noise_seed": cfg.noise_seed, "ema": False}
         images = None
+        labels = grade_labels(gan, None, n)  # conditional: the train split's grade proportions; else None
     out = Path(to_absolute_path(cfg.out)) if cfg.out else default_out
     _check_out(out, cfg.overwrite)
     if images is None:
-        images = generate_samples(gan, n, cfg.noise_seed, cfg.batch_size)
+        images = generate_samples(gan, n, cfg.noise_seed, cfg.batch_size, labels)
         if images.shape[1] != data["channels"]:
             raise EvaluateError("the checkpoint's generator does not make its configured channel count")
     result = evaluate_images(images, cfg.reference_split, cfg.extractors, cfg.inception_weights,
-                             to_absolute_path(cfg.data.root), cfg.data.verify_md5, device, cfg.c2st)
+                             to_absolute_path(cfg.data.root), cfg.data.verify_md5, device, cfg.c2st,
+                             labels)
     return {
         **protocol_source,
         "protocol": {"n_samples": len(images), "reference_split": cfg.reference_split,

@@ -11,6 +11,7 @@ at each epoch end; the x-axis of step-level curves is the batch (= critic step) 
 """
 
 import warnings
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
@@ -46,6 +47,8 @@ class GAN(L.LightningModule):
 
     `variant`: how reports show it ({name, color, family}: display name, matplotlib colour, loss family); from the
     variant's conf/model file (absent from checkpoints written before it existed).
+    `conditional`: the nets take the DR grade (built with `grades` > 0); training batches are (images, grades) and
+    generated batches get grades drawn per `fake_grades` ("train": the train split's frequencies; "uniform").
     """
 
     def __init__(
@@ -62,6 +65,8 @@ class GAN(L.LightningModule):
         objective: objectives.Objective,
         regularizers: list[regularizers.Regularizer],
         variant: dict[str, str] | None = None,
+        conditional: bool = False,  # defaults: configs of checkpoints from before the options
+        fake_grades: str = "train",
     ) -> None:
         super().__init__()
         if n_critic < 1:
@@ -82,6 +87,9 @@ class GAN(L.LightningModule):
                 self.critic.compile()
         self.latent_dim = latent_dim
         self.n_critic = n_critic
+        self.conditional, self.fake_grades = conditional, fake_grades
+        if conditional:
+            self._init_conditioning()
         self.metrics_config = metrics
         self.extractors = resolve_extractors(training_extractors(metrics["extractors"]), metrics["inception_weights"])
         self.critic_steps = 0
@@ -94,19 +102,36 @@ class GAN(L.LightningModule):
         self.run_config: dict[str, Any] | None = None  # the composed Hydra config, set by `train`
         self._generated: list[Tensor] = []
 
+    def _init_conditioning(self) -> None:
+        grades = getattr(self.generator, "grades", 0)
+        if not grades or getattr(self.critic, "grades", 0) != grades:
+            raise ValueError("model.conditional=true needs nets built with the grade count (model.generator.grades "
+                             "and model.critic.grades > 0, as conf/model/_dcgan.yaml sets them)")
+        if self.fake_grades not in ("train", "uniform"):
+            raise ValueError(f"model.fake_grades must be one of ['train', 'uniform'], got {self.fake_grades!r}")
+        # Training images per grade, set from the data in `setup`; saved with the weights, so `sample grades=real`
+        # works from a checkpoint alone.
+        self.register_buffer("grade_counts", torch.zeros(grades))
+
     # ---- the parts, called by the training step and by the benchmark's bare loop -------------------------
-    def critic_loss(self, real: Tensor, fake: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        """The critic's loss on a real and a (detached) fake batch, penalties included, plus extra values to log."""
-        loss, extra = self.objective.critic_loss(self.critic(real), self.critic(fake))
+    def critic_loss(self, real: Tensor, fake: Tensor, real_grades: Tensor | None = None,
+                    fake_grades: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+        """The critic's loss on a real and a (detached) fake batch, penalties included, plus extra values to log.
+
+        Conditional: each batch's grades (N,). The penalties see the critic with the real images' grades bound: the
+        gradient penalty's interpolates keep them, R1 is taken at the real images."""
+        critic = self.critic if real_grades is None else partial(self.critic, grades=real_grades)
+        fake_critic = self.critic if fake_grades is None else partial(self.critic, grades=fake_grades)
+        loss, extra = self.objective.critic_loss(critic(real), fake_critic(fake))
         for regularizer in self.regularizers:
-            term, values = regularizer.penalty(self.critic, real, fake, self.critic_steps + 1, self._grad_scale)
+            term, values = regularizer.penalty(critic, real, fake, self.critic_steps + 1, self._grad_scale)
             if term is not None:
                 loss = loss + term
             extra |= values
         return loss, extra
 
-    def generator_loss(self, fake: Tensor) -> Tensor:
-        return self.objective.generator_loss(self.critic(fake))
+    def generator_loss(self, fake: Tensor, grades: Tensor | None = None) -> Tensor:
+        return self.objective.generator_loss(self.critic(fake) if grades is None else self.critic(fake, grades))
 
     def constrain_critic(self) -> None:
         """Called after every critic step (weight clipping acts here)."""
@@ -140,15 +165,29 @@ class GAN(L.LightningModule):
     def sample_noise(self, n: int) -> Tensor:
         return torch.randn(n, self.latent_dim, device=self.device)
 
-    def training_step(self, real: Tensor, batch_idx: int) -> dict[str, Tensor]:
+    def sample_grades(self, n: int) -> Tensor | None:
+        """Grades (n,) for a generated batch, drawn per `fake_grades`; None for an unconditional GAN."""
+        if not self.conditional:
+            return None
+        weights = self.grade_counts if self.fake_grades == "train" else torch.ones_like(self.grade_counts)
+        return torch.multinomial(weights, n, replacement=True)
+
+    def sample_fakes(self, n: int) -> tuple[Tensor, Tensor | None]:
+        """A generated batch (n, C, H, W) in [-1, 1] in the generator's current mode, and its grades (n,) or None."""
+        grades = self.sample_grades(n)
+        noise = self.sample_noise(n)
+        return (self.generator(noise) if grades is None else self.generator(noise, grades)), grades
+
+    def training_step(self, batch: Tensor | tuple[Tensor, Tensor], batch_idx: int) -> dict[str, Tensor]:
         """One critic step on this batch; one generator step after every n_critic-th critic step.
 
         Returns the detached losses and the generated batch, for callbacks (the divergence guard) to check.
         """
+        real, real_grades = batch if self.conditional else (batch, None)  # (N, C, H, W) in [-1, 1], (N,)
         critic_opt, generator_opt = self.optimizers()
         with torch.no_grad():  # the critic's loss sees the generator only through this detached batch
-            fake = self.generator(self.sample_noise(real.shape[0]))  # (N, C, H, W) in [-1, 1]
-        critic_loss, extra = self.critic_loss(real, fake)
+            fake, fake_grades = self.sample_fakes(real.shape[0])  # (N, C, H, W) in [-1, 1], (N,) or None
+        critic_loss, extra = self.critic_loss(real, fake, real_grades, fake_grades)
         self._update(critic_opt, critic_loss)
         self.constrain_critic()
         self.critic_steps += 1
@@ -160,7 +199,7 @@ class GAN(L.LightningModule):
             # twice per step, and restores them from a dict).
             self.critic.requires_grad_(False)
             try:
-                generator_loss = self.generator_loss(self.generator(self.sample_noise(real.shape[0])))
+                generator_loss = self.generator_loss(*self.sample_fakes(real.shape[0]))
                 self._update(generator_opt, generator_loss)
             finally:
                 self.critic.requires_grad_(True)
@@ -214,21 +253,35 @@ class GAN(L.LightningModule):
 
     # ---- samples --------------------------------------------------------------------------------
     @torch.no_grad()
-    def generate(self, noise: Tensor) -> Tensor:
-        """Samples in eval mode (BatchNorm uses running statistics), as uint8 (N, C, H, W)."""
+    def generate(self, noise: Tensor, grades: Tensor | None = None) -> Tensor:
+        """Samples in eval mode (BatchNorm uses running statistics), as uint8 (N, C, H, W); conditional: of `grades`
+        (N,)."""
+        if self.conditional and grades is None:
+            raise ValueError("a conditional GAN generates images of given grades: generate(noise, grades)")
         was_training = self.generator.training
         self.generator.eval()
-        images = to_uint8(self.generator(noise.to(self.device)))
+        noise = noise.to(self.device)
+        images = to_uint8(self.generator(noise) if grades is None else self.generator(noise, grades.to(self.device)))
         self.generator.train(was_training)
         return images
 
+    def grid_inputs(self, columns: int = 8) -> tuple[Tensor, Tensor | None]:
+        """The fixed grid noise, and for a conditional GAN a row per grade: the same `columns` noise vectors in every
+        row, so a column shows one z across the grades (grades (R * columns,), row r = grade r)."""
+        if not self.conditional:
+            return self.grid_noise, None
+        noise = self.grid_noise[:columns]
+        grades = torch.arange(len(self.grade_counts), device=noise.device)
+        return noise.repeat(len(grades), 1), grades.repeat_interleave(len(noise))
+
     def _write_sample_grid(self) -> None:
-        """The fixed-noise grid of this epoch, to TensorBoard and to `<run>/samples/epoch_NNNN.png`."""
+        """The fixed-noise grid of this epoch, to TensorBoard and to `<run>/samples/epoch_NNNN.png` (conditional: a
+        row per grade, grade 0 at the top)."""
         run_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)  # a broadcast: every rank must ask
         if not self.trainer.is_global_zero:
             return
         path = run_dir / "samples" / f"epoch_{self.current_epoch:04d}.png"
-        write_sample_grid(self.generate(self.grid_noise), path, self.loggers, "samples", self.current_epoch)
+        write_sample_grid(self.generate(*self.grid_inputs()), path, self.loggers, "samples", self.current_epoch)
 
     # ---- metrics in the validation hooks ----------------------------------------------------------
     def setup(self, stage: str) -> None:
@@ -240,6 +293,9 @@ class GAN(L.LightningModule):
         self.register_buffer(
             "eval_noise", torch.randn(len(reference), self.latent_dim, generator=noise), persistent=False
         )
+        if self.conditional:  # one generated image per reference image, of its grade: the same grade mix
+            self.register_buffer("eval_grades", data.labels[data.hparams.reference_split].clone(), persistent=False)
+            self.grade_counts.copy_(torch.bincount(data.labels["train"], minlength=len(self.grade_counts)))
         self.metrics = GenerationMetrics(self.extractors, self.metrics_config["inception_weights"], reference.shape[1])
 
     def on_train_epoch_start(self) -> None:
@@ -255,7 +311,8 @@ class GAN(L.LightningModule):
         """Generate this shard's share of the evaluation set (the real side is computed once, at the first
         validation after the sanity check)."""
         indices, _ = batch  # (B,), (B, C, H, W) in [-1, 1]
-        self._generated.append(self.generate(self.eval_noise[indices]))
+        self._generated.append(self.generate(self.eval_noise[indices],
+                                             self.eval_grades[indices] if self.conditional else None))
 
     def on_validation_epoch_end(self) -> None:
         generated, self._generated = torch.cat(self._generated), []
@@ -265,9 +322,12 @@ class GAN(L.LightningModule):
             generated = torch.cat(gather_all_tensors(generated))  # (n_total, C, H, W)
         if not self.metrics.has_reference:  # once per run, on the training device
             data = self.trainer.datamodule
+            grades = {"reference_labels": data.labels[data.hparams.reference_split],
+                      "test_labels": data.labels["test"]} if self.conditional else {}
             self.metrics.set_reference(*(data.images[s].to(self.device)
-                                         for s in (data.hparams.reference_split, "train", "test")))
-        values = self.metrics.compute(generated)  # the whole set on every rank: the same values everywhere
+                                         for s in (data.hparams.reference_split, "train", "test")), **grades)
+        # the whole set on every rank: the same values everywhere; conditional: per-grade metrics too
+        values = self.metrics.compute(generated, labels=self.eval_grades if self.conditional else None)
         self.log_dict({f"val/{k}": v for k, v in values.items()}, sync_dist=False)
 
 

@@ -5,8 +5,14 @@ Both pairs work on a ladder of resolutions: the image size is halved until it is
 (28 -> 14 -> 7, 64 -> 32 -> 16 -> 8 -> 4), and each rung doubles the channel count going down.
 Generators upsample by transposed convolution or by resize-convolution (`upsample=resize`: nearest-neighbour x2, then
 a 3x3 convolution; Odena et al. 2016, no checkerboard artifacts).
+
+Conditional nets (`grades` > 0, set by `model.conditional=true`): the generator concatenates a learned grade embedding
+to z; the critic adds a projection term <embed(grade), phi(x)> to its score, phi being the features its last linear
+layer reads (Miyato & Koyama 2018). With `grades=0` (the default) the nets are exactly the unconditional ones: no
+extra modules, parameters or random draws.
 """
 
+import torch
 from torch import Tensor, nn
 
 UPSAMPLING = ("transposed", "resize")
@@ -19,6 +25,29 @@ def _upsample(c_in: int, c_out: int, how: str, bias: bool) -> nn.Module:
     if how == "resize":
         return nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(c_in, c_out, 3, padding=1, bias=bias))
     raise ValueError(f"model.generator.upsample must be one of {list(UPSAMPLING)}, got {how!r}")
+
+
+def _grade_embedding(grades: int, dim: int, std: float) -> nn.Embedding | None:
+    """A learned vector per grade, ~ N(0, std); None for an unconditional net (`grades` = 0)."""
+    if not grades:
+        return None
+    embedding = nn.Embedding(grades, dim)
+    nn.init.normal_(embedding.weight, 0.0, std)
+    return embedding
+
+
+def _with_grades(z: Tensor, embedding: nn.Embedding, grades: Tensor | None) -> Tensor:
+    """z (N, latent_dim) -> (N, latent_dim + embedding dim): the grade embedding concatenated to the noise."""
+    if grades is None:
+        raise ValueError("a conditional generator needs the grade of each sample: generator(z, grades)")
+    return torch.cat([z, embedding(grades)], dim=1)
+
+
+def _projection(embedding: nn.Embedding, features: Tensor, grades: Tensor | None) -> Tensor:
+    """The projection discriminator's class term <embed(grade), phi(x)> (Miyato & Koyama 2018, eq. 3): (N,)."""
+    if grades is None:
+        raise ValueError("a conditional critic needs the grade of each image: critic(images, grades)")
+    return (embedding(grades) * features).sum(dim=1)
 
 
 def resolution_ladder(image_size: int) -> list[int]:
@@ -37,14 +66,17 @@ class Generator(nn.Module):
     """z (N, latent_dim) -> images (N, channels, image_size, image_size) in [-1, 1] (tanh)."""
 
     def __init__(self, latent_dim: int, image_size: int, channels: int, width: int, batch_norm: bool,
-                 upsample: str = "transposed") -> None:  # default: configs of checkpoints from before the option
+                 upsample: str = "transposed", grades: int = 0, grade_embedding_dim: int = 0) -> None:
+        # defaults: configs of checkpoints from before the options
         super().__init__()
         sizes = resolution_ladder(image_size)
         rungs = len(sizes) - 1
         self.latent_dim = latent_dim
+        self.grades = grades
         self.start_shape = (width * 2 ** (rungs - 1), sizes[-1], sizes[-1])
         self.project = nn.Sequential(
-            nn.Linear(latent_dim, self.start_shape[0] * sizes[-1] ** 2, bias=not batch_norm),
+            nn.Linear(latent_dim + (grade_embedding_dim if grades else 0), self.start_shape[0] * sizes[-1] ** 2,
+                      bias=not batch_norm),
             nn.Unflatten(1, self.start_shape),
             nn.BatchNorm2d(self.start_shape[0]) if batch_norm else nn.Identity(),
             nn.ReLU(inplace=True),
@@ -60,8 +92,12 @@ class Generator(nn.Module):
         layers += [_upsample(width, channels, upsample, bias=True), nn.Tanh()]
         self.upsample = nn.Sequential(*layers)
         _init_dcgan(self)
+        self.grade_embedding = _grade_embedding(grades, grade_embedding_dim, 1.0)  # after: the same draws as before
 
-    def forward(self, z: Tensor) -> Tensor:
+    def forward(self, z: Tensor, grades: Tensor | None = None) -> Tensor:
+        """z (N, latent_dim), grades (N,) int64 when conditional -> (N, C, H, W) in [-1, 1]."""
+        if self.grades:
+            z = _with_grades(z, self.grade_embedding, grades)
         return self.upsample(self.project(z))
 
 
@@ -72,8 +108,9 @@ class Critic(nn.Module):
     network, decides how its scores are read. No sigmoid: LS-GAN regresses scores onto 0/1 targets.
     """
 
-    def __init__(self, image_size: int, channels: int, width: int, batch_norm: bool) -> None:
+    def __init__(self, image_size: int, channels: int, width: int, batch_norm: bool, grades: int = 0) -> None:
         super().__init__()
+        self.grades = grades
         sizes = resolution_ladder(image_size)
         rungs = len(sizes) - 1
         layers: list[nn.Module] = [nn.Conv2d(channels, width, 4, stride=2, padding=1), nn.LeakyReLU(0.2, inplace=True)]
@@ -84,12 +121,18 @@ class Critic(nn.Module):
                 nn.BatchNorm2d(c_out) if batch_norm else nn.Identity(),
                 nn.LeakyReLU(0.2, inplace=True),
             ]
-        layers += [nn.Flatten(), nn.Linear(width * 2 ** (rungs - 1) * sizes[-1] ** 2, 1)]
+        features = width * 2 ** (rungs - 1) * sizes[-1] ** 2
+        layers += [nn.Flatten(), nn.Linear(features, 1)]
         self.score = nn.Sequential(*layers)
         _init_dcgan(self)
+        self.projection = _grade_embedding(grades, features, 0.02)  # DCGAN's std, as the linear head beside it
 
-    def forward(self, images: Tensor) -> Tensor:
-        return self.score(images).squeeze(1)
+    def forward(self, images: Tensor, grades: Tensor | None = None) -> Tensor:
+        """images (N, C, H, W), grades (N,) int64 when conditional -> scores (N,)."""
+        if not self.grades:
+            return self.score(images).squeeze(1)
+        features = self.score[:-1](images)  # (N, D): what the last linear layer reads
+        return self.score[-1](features).squeeze(1) + _projection(self.projection, features, grades)
 
 
 class ResBlockUp(nn.Module):
@@ -125,20 +168,25 @@ class ResNetGenerator(nn.Module):
     smallest rung, one residual up-block per rung (channels halving), BN-ReLU-conv3x3-tanh."""
 
     def __init__(self, latent_dim: int, image_size: int, channels: int, width: int, batch_norm: bool,
-                 upsample: str) -> None:
+                 upsample: str, grades: int = 0, grade_embedding_dim: int = 0) -> None:
         super().__init__()
         sizes = resolution_ladder(image_size)
         rungs = len(sizes) - 1
+        self.grades = grades
         self.start_shape = (width * 2 ** (rungs - 1), sizes[-1], sizes[-1])
-        self.project = nn.Sequential(nn.Linear(latent_dim, self.start_shape[0] * sizes[-1] ** 2),
+        in_features = latent_dim + (grade_embedding_dim if grades else 0)
+        self.project = nn.Sequential(nn.Linear(in_features, self.start_shape[0] * sizes[-1] ** 2),
                                      nn.Unflatten(1, self.start_shape))
         widths = [width * 2**rung for rung in range(rungs - 1, -1, -1)] + [width]  # e.g. 2w, w, w for 28x28
         self.blocks = nn.Sequential(*(ResBlockUp(c_in, c_out, batch_norm, upsample)
                                       for c_in, c_out in zip(widths[:-1], widths[1:])))
         self.to_image = nn.Sequential(nn.BatchNorm2d(width) if batch_norm else nn.Identity(), nn.ReLU(),
                                       nn.Conv2d(width, channels, 3, padding=1), nn.Tanh())
+        self.grade_embedding = _grade_embedding(grades, grade_embedding_dim, 1.0)
 
-    def forward(self, z: Tensor) -> Tensor:
+    def forward(self, z: Tensor, grades: Tensor | None = None) -> Tensor:
+        if self.grades:
+            z = _with_grades(z, self.grade_embedding, grades)
         return self.to_image(self.blocks(self.project(z)))
 
 
@@ -146,17 +194,20 @@ class ResNetCritic(nn.Module):
     """images (N, channels, image_size, image_size) -> scores (N,): one residual down-block per rung (channels
     doubling), ReLU, sum over space, linear (Miyato et al. 2018, table 4)."""
 
-    def __init__(self, image_size: int, channels: int, width: int, batch_norm: bool) -> None:
+    def __init__(self, image_size: int, channels: int, width: int, batch_norm: bool, grades: int = 0) -> None:
         super().__init__()
+        self.grades = grades
         rungs = len(resolution_ladder(image_size)) - 1
         widths = [channels] + [width * 2**rung for rung in range(rungs)]
         self.blocks = nn.Sequential(*(ResBlockDown(c_in, c_out, batch_norm, first=i == 0)
                                       for i, (c_in, c_out) in enumerate(zip(widths[:-1], widths[1:]))))
         self.score = nn.Linear(widths[-1], 1)
+        self.projection = _grade_embedding(grades, widths[-1], 0.02)
 
-    def forward(self, images: Tensor) -> Tensor:
+    def forward(self, images: Tensor, grades: Tensor | None = None) -> Tensor:
         features = self.blocks(images).relu().sum(dim=(2, 3))  # (N, C)
-        return self.score(features).squeeze(1)
+        scores = self.score(features).squeeze(1)
+        return scores + _projection(self.projection, features, grades) if self.grades else scores
 
 
 def _init_dcgan(module: nn.Module) -> None:

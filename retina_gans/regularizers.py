@@ -1,6 +1,9 @@
 """Critic constraints and penalties, independent of the objective: weight clipping, gradient penalty, R1 and spectral
 normalization. Each may change the critic once when the GAN is built (`attach`), add a term to the critic's loss
 (`penalty`), or act after each critic step (`after_step`).
+
+`penalty` gets the critic as a function of images: for a conditional GAN, with the real images' grades bound
+(`GAN.critic_loss`), so the gradient penalty's interpolates and R1's real images are scored with those grades.
 """
 
 from typing import Callable
@@ -21,7 +24,7 @@ class Regularizer:
     def attach(self, critic: nn.Module) -> None:
         """Called once, when the GAN is built."""
 
-    def penalty(self, critic: nn.Module, real: Tensor, fake: Tensor, critic_step: int,
+    def penalty(self, critic: Callable[[Tensor], Tensor], real: Tensor, fake: Tensor, critic_step: int,
                 grad_scale: Callable[[], float]) -> tuple[Tensor | None, dict[str, Tensor]]:
         """The weighted term added to the critic's loss at this (1-based) critic step, or None, and values to log."""
         return None, {}
@@ -65,7 +68,7 @@ class GradientPenalty(Regularizer):
     def attach(self, critic: nn.Module) -> None:
         _per_sample("The gradient penalty", critic)
 
-    def penalty(self, critic: nn.Module, real: Tensor, fake: Tensor, critic_step: int,
+    def penalty(self, critic: Callable[[Tensor], Tensor], real: Tensor, fake: Tensor, critic_step: int,
                 grad_scale: Callable[[], float]) -> tuple[Tensor | None, dict[str, Tensor]]:
         value = losses.gradient_penalty(critic, real, fake, grad_scale())
         return self.weight * value, {"gradient_penalty": value.detach()}
@@ -87,7 +90,7 @@ class R1(Regularizer):
     def attach(self, critic: nn.Module) -> None:
         _per_sample("R1", critic)
 
-    def penalty(self, critic: nn.Module, real: Tensor, fake: Tensor, critic_step: int,
+    def penalty(self, critic: Callable[[Tensor], Tensor], real: Tensor, fake: Tensor, critic_step: int,
                 grad_scale: Callable[[], float]) -> tuple[Tensor | None, dict[str, Tensor]]:
         if critic_step % self.interval:
             return None, {}
@@ -96,10 +99,11 @@ class R1(Regularizer):
 
 
 class SpectralNorm(Regularizer):
-    """Every conv and linear weight of the critic divided by its largest singular value, estimated by one power
-    iteration per forward pass (Miyato et al. 2018; torch.nn.utils.parametrizations.spectral_norm)."""
+    """Every conv and linear weight of the critic, and a conditional critic's projection embedding, divided by its
+    largest singular value, estimated by one power iteration per forward pass (Miyato et al. 2018; Miyato & Koyama
+    2018 for the embedding; torch.nn.utils.parametrizations.spectral_norm)."""
 
     def attach(self, critic: nn.Module) -> None:
         for module in list(critic.modules()):
-            if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+            if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear, nn.Embedding)):
                 spectral_norm(module)

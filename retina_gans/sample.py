@@ -1,8 +1,10 @@
 """Write samples of a trained GAN as uint8 arrays in MedMNIST's layout, for any outside tool.
 
 `python -m retina_gans.sample ckpt_path=... n=1000 out=samples.npz` -> `images`: (N, H, W) for
-grayscale or (N, H, W, 3) for RGB, uint8, like MedMNIST's `*_images` arrays. An existing `out` is kept unless
-`overwrite=true`; the data folder is never written to.
+grayscale or (N, H, W, 3) for RGB, uint8, like MedMNIST's `*_images` arrays. A conditional checkpoint also writes
+`labels` (N, 1) uint8, like MedMNIST's `*_labels`: the grade each image was generated as, chosen by `grades=`
+(`[3,4]`: n split evenly over those grades; `balanced`: over all grades; `real`, the default: in the training
+split's grade proportions). An existing `out` is kept unless `overwrite=true`; the data folder is never written to.
 """
 
 import logging
@@ -10,6 +12,7 @@ import os
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import hydra
 import numpy as np
@@ -28,10 +31,51 @@ class SampleError(ValueError):
     """A `sample` argument it cannot use; the message names the argument and the fix."""
 
 
-def generate_samples(gan: GAN, n: int, noise_seed: int, batch_size: int) -> Tensor:
-    """n samples from a fixed noise seed, as uint8 (n, C, H, W)."""
+def generate_samples(gan: GAN, n: int, noise_seed: int, batch_size: int, labels: Tensor | None = None) -> Tensor:
+    """n samples from a fixed noise seed, as uint8 (n, C, H, W); of the grades `labels` (n,) for a conditional GAN."""
     noise = torch.randn(n, gan.latent_dim, generator=torch.Generator().manual_seed(noise_seed))
-    return torch.cat([gan.generate(chunk).cpu() for chunk in noise.split(batch_size)])
+    if labels is None:
+        return torch.cat([gan.generate(chunk).cpu() for chunk in noise.split(batch_size)])
+    return torch.cat([gan.generate(z, g).cpu() for z, g in zip(noise.split(batch_size), labels.split(batch_size))])
+
+
+GRADES_HELP = "grades=[3,4] (n split evenly over those grades), grades=balanced or grades=real"
+
+
+def split_counts(weights: list[float], n: int) -> list[int]:
+    """n split in proportion to `weights`, the remainder to the largest fractional parts (Hamilton's method)."""
+    total = sum(weights)
+    exact = [n * w / total for w in weights]
+    counts = [int(e) for e in exact]
+    for i in sorted(range(len(weights)), key=lambda i: exact[i] - counts[i], reverse=True)[: n - sum(counts)]:
+        counts[i] += 1
+    return counts
+
+
+def grade_labels(gan: GAN, grades: Any, n: int) -> Tensor | None:
+    """The grade of each of the n samples (n,), in blocks of ascending grade; None for an unconditional GAN.
+    `grades`: a list of grades, "balanced", "real" or None (a conditional GAN: "real")."""
+    if not gan.conditional:
+        if grades is not None:
+            raise SampleError(f"grades={grades} needs a conditional checkpoint (trained with model.conditional=true); "
+                              "this one is unconditional: leave grades out")
+        return None
+    n_grades = len(gan.grade_counts)
+    grades = "real" if grades is None else grades
+    if isinstance(grades, int) and not isinstance(grades, bool):
+        grades = [grades]
+    if grades == "balanced":
+        chosen, weights = list(range(n_grades)), [1.0] * n_grades
+    elif grades == "real":
+        chosen, weights = list(range(n_grades)), gan.grade_counts.tolist()
+    elif isinstance(grades, (list, tuple)) and grades and all(
+            isinstance(g, int) and not isinstance(g, bool) and 0 <= g < n_grades for g in grades):
+        chosen, weights = sorted(set(grades)), [1.0] * len(set(grades))
+    else:
+        raise SampleError(f"grades must be a list of grades in 0..{n_grades - 1}, balanced or real, got {grades!r}; "
+                          f"e.g. {GRADES_HELP}")
+    counts = split_counts(weights, n)
+    return torch.cat([torch.full((c,), g, dtype=torch.int64) for g, c in zip(chosen, counts)])
 
 
 def medmnist_layout(images: Tensor) -> np.ndarray:
@@ -61,8 +105,10 @@ def check_out(out: str | os.PathLike, overwrite: bool, data_roots: list[str | No
     return path
 
 
-def write_samples(ckpt_path: str, n: int, out: str, noise_seed: int, batch_size: int, overwrite: bool = False) -> Path:
-    """Sample `n` images and write them to `out` (atomically: a temporary file beside it, renamed when complete)."""
+def write_samples(ckpt_path: str, n: int, out: str, noise_seed: int, batch_size: int, overwrite: bool = False,
+                  grades: Any = None) -> Path:
+    """Sample `n` images (of `grades`, for a conditional checkpoint) and write them to `out` (atomically: a
+    temporary file beside it, renamed when complete)."""
     for name, value, low in (("n", n, 1), ("batch_size", batch_size, 1)):
         if not isinstance(value, int) or isinstance(value, bool) or value < low:
             raise SampleError(f"{name} must be an integer >= {low}, got {value!r}")
@@ -71,12 +117,15 @@ def write_samples(ckpt_path: str, n: int, out: str, noise_seed: int, batch_size:
     check_out(out, overwrite)
     gan = GAN.from_checkpoint(ckpt_path)
     path = check_out(out, overwrite, [(gan.run_config.get("data") or {}).get("root")])
-    images = medmnist_layout(generate_samples(gan, n, noise_seed, batch_size))
+    labels = grade_labels(gan, grades, n)
+    arrays = {"images": medmnist_layout(generate_samples(gan, n, noise_seed, batch_size, labels))}
+    if labels is not None:
+        arrays["labels"] = labels.numpy().astype(np.uint8).reshape(-1, 1)  # MedMNIST's (N, 1) uint8
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            np.savez_compressed(f, images=images)  # a file object: numpy adds no suffix
+            np.savez_compressed(f, **arrays)  # a file object: numpy adds no suffix
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
@@ -90,8 +139,9 @@ def main(cfg: DictConfig) -> None:
     try:
         if OmegaConf.is_missing(cfg, "ckpt_path") or not cfg.ckpt_path:
             raise SampleError("ckpt_path is required: ckpt_path=<run>/checkpoints/last.ckpt")
+        grades = OmegaConf.to_container(cfg.grades) if OmegaConf.is_config(cfg.grades) else cfg.grades
         path = write_samples(to_absolute_path(cfg.ckpt_path), cfg.n, to_absolute_path(str(cfg.out)), cfg.noise_seed,
-                             cfg.batch_size, cfg.overwrite)
+                             cfg.batch_size, cfg.overwrite, grades)
     except (SampleError, CheckpointFileError) as error:
         log.error("error: %s", error)
         sys.exit(2)

@@ -9,7 +9,7 @@ from tests.conftest import REAL_DATA_DIR, write_synthetic_retinamnist
 def make_datamodule(root, **changes):
     settings = dict(
         root=str(root), size=28, channels=1, batch_size=64, eval_batch_size=540, drop_last=False,
-        download=False, verify_md5=False, on_device=True, reference_split="train", seed=0,
+        download=False, verify_md5=False, on_device=True, reference_split="train", labels=False, seed=0,
     )
     return RetinaMNISTDataModule(**{**settings, **changes})
 

@@ -78,9 +78,11 @@ def _saved_batches(path: Path) -> int:
 
 
 @pytest.mark.slow
-def test_sigkill_mid_epoch_then_resume_equals_the_uninterrupted_run(synthetic_data_dir, tmp_path):
+@pytest.mark.parametrize("extra", [[], ["model.conditional=true"]], ids=["unconditional", "conditional"])
+def test_sigkill_mid_epoch_then_resume_equals_the_uninterrupted_run(extra, synthetic_data_dir, tmp_path):
+    # conditional: batches carry grades, generated grades are drawn from the RNG, grade_counts is a saved buffer
     env = {**os.environ, "PYTHONPATH": str(PROJECT)}
-    args = [*RUN, f"data.root={synthetic_data_dir}"]
+    args = [*RUN, f"data.root={synthetic_data_dir}", *extra]
     whole = subprocess.run(_cli(*args, f"hydra.run.dir={tmp_path / 'whole'}"), env=env, cwd=tmp_path,
                            capture_output=True, text=True, timeout=600)
     assert whole.returncode == 0, whole.stderr[-3000:]

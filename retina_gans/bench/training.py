@@ -81,7 +81,7 @@ class StepWindow(L.Callback):
         self.batches += 1
         if self.start is None:
             return
-        self.images += batch.shape[0]
+        self.images += (batch[0] if isinstance(batch, (tuple, list)) else batch).shape[0]  # conditional: a pair
         # host time only (asynchronous on a GPU); a save inside the batch's end hooks counts as checkpoint time
         self.in_batch_s += time.perf_counter() - self._batch_start - self._saved_in_batch
         if self.batches == self.warmup + self.steps:
@@ -133,10 +133,12 @@ def bench_lightning(cfg: DictConfig, warmup: int, steps: int) -> dict[str, Any]:
     return result
 
 
-def train_images(cfg: DictConfig, device: torch.device) -> torch.Tensor:
-    """The training split as float (N, C, H, W) in [-1, 1] on the device, read as the data module reads it."""
+def train_images(cfg: DictConfig, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The training split as float (N, C, H, W) in [-1, 1] and its grades (N,), on the device, read as the data
+    module reads it."""
     path = ensure_data_file(cfg.data.root, cfg.data.size, False, cfg.data.verify_md5)
-    return to_model_range(load_split(path, "train", cfg.data.size, cfg.data.channels)[0]).to(device)
+    images, labels = load_split(path, "train", cfg.data.size, cfg.data.channels)
+    return to_model_range(images).to(device), labels.to(device)
 
 
 def bench_bare(cfg: DictConfig, warmup: int, steps: int, device: torch.device) -> dict[str, Any]:
@@ -152,7 +154,7 @@ def bench_bare(cfg: DictConfig, warmup: int, steps: int, device: torch.device) -
     # Under 16-mixed the gradient penalty reads the Trainer's loss scale; here, without a Trainer, it uses 1.0
     # (the same work; float16 needs CUDA).
     scaler = torch.amp.GradScaler(device.type, enabled=dtype is torch.float16)
-    latent_dim, n_critic = gan.latent_dim, gan.n_critic
+    n_critic = gan.n_critic
 
     def step(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
         optimizer.zero_grad(set_to_none=True)
@@ -160,7 +162,9 @@ def bench_bare(cfg: DictConfig, warmup: int, steps: int, device: torch.device) -
         scaler.step(optimizer)
         scaler.update()
 
-    images = train_images(cfg, device)
+    images, labels = train_images(cfg, device)
+    if gan.conditional:  # what the GAN's `setup` takes from the data module
+        gan.grade_counts.copy_(torch.bincount(labels, minlength=len(gan.grade_counts)))
     batch_size, n = cfg.data.batch_size, len(images)
     order = torch.Generator().manual_seed(cfg.seed)
     batches = critic_steps = generator_steps = 0
@@ -171,11 +175,13 @@ def bench_bare(cfg: DictConfig, warmup: int, steps: int, device: torch.device) -
                 _sync(device)
                 start, cpu_start = time.perf_counter(), time.process_time()
                 counted_images, counted_generator_steps = 0, generator_steps
-            real = images[permutation[b * batch_size : (b + 1) * batch_size]]  # (B, C, H, W) in [-1, 1]
+            batch = permutation[b * batch_size : (b + 1) * batch_size]
+            real = images[batch]  # (B, C, H, W) in [-1, 1]
+            real_grades = labels[batch] if gan.conditional else None  # (B,) or None, as the data module yields
             with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
                 with torch.no_grad():
-                    fake = generator(torch.randn(real.shape[0], latent_dim, device=device))
-                loss, _ = gan.critic_loss(real, fake)
+                    fake, fake_grades = gan.sample_fakes(real.shape[0])
+                loss, _ = gan.critic_loss(real, fake, real_grades, fake_grades)
             step(critic_opt, loss)
             gan.constrain_critic()
             critic_steps += 1
@@ -183,7 +189,7 @@ def bench_bare(cfg: DictConfig, warmup: int, steps: int, device: torch.device) -
             if critic_steps % n_critic == 0:
                 critic.requires_grad_(False)  # what the Lightning path does: no critic weight gradients
                 with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-                    loss = gan.generator_loss(generator(torch.randn(real.shape[0], latent_dim, device=device)))
+                    loss = gan.generator_loss(*gan.sample_fakes(real.shape[0]))
                 step(generator_opt, loss)
                 critic.requires_grad_(True)
                 generator_steps += 1

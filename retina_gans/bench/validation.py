@@ -45,17 +45,21 @@ def bench_validation(
     metrics_config = {**cfg.metrics, "extractors": list(extractors), "inception_weights": weights}
     gan = hydra.utils.instantiate(cfg.model, metrics=metrics_config).to(device)  # for its sampling path
     path = ensure_data_file(cfg.data.root, cfg.data.size, False, cfg.data.verify_md5)
-    split = {s: load_split(path, s, cfg.data.size, cfg.data.channels)[0].to(device) for s in ("train", "test")}
+    loaded = {s: load_split(path, s, cfg.data.size, cfg.data.channels) for s in ("train", "test")}
+    split = {s: images.to(device) for s, (images, _) in loaded.items()}
     noise = torch.randn(n, cfg.model.latent_dim, generator=torch.Generator().manual_seed(0)).to(device)
+    # conditional: each generated image of its reference image's grade, and the per-grade metrics, as validation does
+    grades = loaded["train"][1][:n] if gan.conditional else None
+    labels = {"reference_labels": grades, "test_labels": loaded["test"][1]} if gan.conditional else {}
     metrics = GenerationMetrics(list(extractors), weights, cfg.data.channels).to(device)
     clock = _Clock(device)
-    metrics.set_reference(split["train"][:n], split["train"], split["test"])
+    metrics.set_reference(split["train"][:n], split["train"], split["test"], **labels)
     real_s = clock()
-    passes = [_validation_pass(gan, metrics, noise, cfg.data.eval_batch_size, device) for _ in range(2)]
+    passes = [_validation_pass(gan, metrics, noise, cfg.data.eval_batch_size, device, grades) for _ in range(2)]
     # a third pass, timed piece by piece: generation, each extractor, each registered metric
     pieces: dict[str, float] = {}
     clock()
-    generated = torch.cat([gan.generate(z) for z in noise.split(cfg.data.eval_batch_size)])
+    generated = _generate(gan, noise, cfg.data.eval_batch_size, grades)
     pieces["generate"] = clock()
     for name, extractor in metrics.extractors.items():
         with torch.no_grad():
@@ -63,7 +67,7 @@ def bench_validation(
                 extractor(chunk)
         pieces[f"extract/{name}"] = clock()
     for name in metrics.metric_names:
-        metrics.compute(generated, [name])  # includes one extraction: subtracted below
+        metrics.compute(generated, [name], grades)  # includes one extraction: subtracted below
         pieces[f"metric/{name}"] = max(0.0, clock() - sum(v for k, v in pieces.items() if k.startswith("extract/")))
     # the first pass also pays one-off costs (lazy init, allocator warm-up): pass_s is the second
     return {"n_samples": n, "extractors": list(extractors), "real_features_once_s": real_s,
@@ -84,11 +88,17 @@ class _Clock:
         return elapsed
 
 
+def _generate(gan: Any, noise: torch.Tensor, batch_size: int, grades: torch.Tensor | None) -> torch.Tensor:
+    if grades is None:
+        return torch.cat([gan.generate(z) for z in noise.split(batch_size)])
+    return torch.cat([gan.generate(z, g) for z, g in zip(noise.split(batch_size), grades.split(batch_size))])
+
+
 def _validation_pass(gan: Any, metrics: GenerationMetrics, noise: torch.Tensor, batch_size: int,
-                     device: torch.device) -> tuple[float, list[str]]:
+                     device: torch.device, grades: torch.Tensor | None = None) -> tuple[float, list[str]]:
     """Seconds for generate -> extract -> every per-validation metric, and the metric keys."""
     start = time.perf_counter()
-    generated = torch.cat([gan.generate(z) for z in noise.split(batch_size)])
-    values = metrics.compute(generated)
+    generated = _generate(gan, noise, batch_size, grades)
+    values = metrics.compute(generated, labels=grades)
     _sync(device)
     return time.perf_counter() - start, list(values)

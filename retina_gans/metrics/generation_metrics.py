@@ -106,7 +106,9 @@ class _FrechetDistance(FrechetInceptionDistance):
 class GenerationMetrics(nn.Module):
     """The registered metrics of generated vs. real uint8 images, per feature extractor where a metric reads one.
 
-    `set_reference(reference, train, test)` once, then `compute(generated)` as often as needed. Keys: see
+    `set_reference(reference, train, test)` once, then `compute(generated)` as often as needed; with the real
+    images' grades (`reference_labels`, `test_labels`) and the generated ones' (`compute(..., labels=)`), the
+    per-grade metrics too (conditional GANs). Keys: see
     `registry.METRICS` (e.g. fid_retina_v2, kid_retina_v2_mean, precision_retina_v2, is_retina, spectral_distance,
     memorization). `metrics` picks registry names; default: every metric cheap enough for each validation.
     """
@@ -145,8 +147,9 @@ class GenerationMetrics(nn.Module):
         for extractor in self._extractors.values():
             extractor.to(probe.device)
         if self.reference is not None and self.reference.images.device != probe.device:
-            self.set_reference(self.reference.images.to(probe.device), self.reference.train.to(probe.device),
-                               self.reference.test.to(probe.device))
+            ref = self.reference
+            self.set_reference(ref.images.to(probe.device), ref.train.to(probe.device), ref.test.to(probe.device),
+                               ref.labels, ref.test_labels)
         return self
 
     def _check(self, images: Tensor, what: str) -> None:
@@ -173,15 +176,22 @@ class GenerationMetrics(nn.Module):
         return self.reference is not None
 
     @torch.no_grad()
-    def set_reference(self, reference: Tensor, train: Tensor, test: Tensor) -> None:
+    def set_reference(self, reference: Tensor, train: Tensor, test: Tensor, reference_labels: Tensor | None = None,
+                      test_labels: Tensor | None = None) -> None:
         """The real side, computed once: `reference` the images to compare with (uint8 (N, C, H, W)); `train` and
-        `test` the real splits the memorization metrics measure distances to."""
+        `test` the real splits the memorization metrics measure distances to; the grades (N,) of `reference` and
+        `test` for the per-grade metrics."""
         for what, images in (("reference", reference), ("train", train), ("test", test)):
             self._check(images, what)
         if len(reference) < 2:
             raise ValueError(f"the reference set needs at least 2 images, got {len(reference)}")
         embeddings, _ = self.extract(reference)
         ref = Reference(reference, train, test, embeddings)
+        if reference_labels is not None:
+            ref.labels = reference_labels.to(reference.device)
+            if test_labels is not None:  # the grade classifier on real test images: what generated ones are held to
+                ref.test_labels = test_labels.to(reference.device)
+                ref.test_logits = self.extract(test)[1]
         with warnings.catch_warnings():  # "will save all extracted features in buffer": N x D, small here
             warnings.filterwarnings("ignore", message=".*will save all extracted features.*")
             for name, features in embeddings.items():
@@ -194,19 +204,28 @@ class GenerationMetrics(nn.Module):
                 kid.update(features, real=True)
                 ref.cache[("fid", name)], ref.cache[("kid", name)] = fid, kid
                 ref.cache[("prdc", name)] = kth_neighbour_radii(features)
+                if ref.labels is not None:  # a KID per grade, with that grade's real features
+                    for grade in ref.labels.unique().tolist():
+                        kid = _KernelInceptionDistance(Precomputed(dim), subset_size=2, reset_real_features=False,
+                                                       sync_on_compute=False).to(features.device)
+                        kid.update(features[ref.labels == grade], real=True)
+                        ref.cache[("kid", name, grade)] = kid
         ref.cache["spectrum"] = radial_power_spectrum(reference)
         self.reference = ref
 
     @torch.no_grad()
-    def compute(self, generated: Tensor, metrics: list[str] | None = None) -> dict[str, Tensor]:
-        """Every chosen metric of uint8 `generated` (M, C, H, W) against the reference; scalar tensors by key."""
+    def compute(self, generated: Tensor, metrics: list[str] | None = None,
+                labels: Tensor | None = None) -> dict[str, Tensor]:
+        """Every chosen metric of uint8 `generated` (M, C, H, W) against the reference; scalar tensors by key.
+        `labels` (M,): the grade each image was generated as (conditional GANs), for the per-grade metrics."""
         if self.reference is None:
             raise RuntimeError("GenerationMetrics.compute() before set_reference(reference, train, test)")
         self._check(generated, "generated")
         if len(generated) < 2:
             raise ValueError(f"the metrics need at least 2 generated images, got {len(generated)}")
         embeddings, logits = self.extract(generated)
-        gen = Generated(generated.to(self.reference.images.device), embeddings, logits)
+        gen = Generated(generated.to(self.reference.images.device), embeddings, logits,
+                        None if labels is None else labels.to(self.reference.images.device))
         results: dict[str, Tensor] = {}
         # fork: the metrics' random draws use torch's global generator; the training RNG must not depend on them
         with torch.random.fork_rng(devices=[]):

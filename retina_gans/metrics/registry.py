@@ -10,13 +10,17 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Callable
 
+import torch
 from torch import Tensor, nn
 from torchmetrics.image.inception import InceptionScore
 
 from retina_gans.metrics.c2st import c2st_accuracy
 from retina_gans.metrics.memorization import memorization
 from retina_gans.metrics.prdc import prdc
+from retina_gans.metrics.retina_classifier import N_CLASSES
 from retina_gans.metrics.spectrum import radial_power_spectrum, spectral_distance
+
+GRADES = range(N_CLASSES)  # the DR grades 0-4
 
 class Precomputed(nn.Module):
     """Identity 'feature network' for torchmetrics: its inputs already are features (N, D) or logits (N, K)."""
@@ -41,6 +45,9 @@ class Reference:
     test: Tensor
     embeddings: dict[str, Tensor] = field(default_factory=dict)
     cache: dict[str, object] = field(default_factory=dict)  # e.g. ("prdc", ext) -> radii; per-metric state
+    labels: Tensor | None = None  # (N,) grades of `images`: the per-grade metrics run when these and the generated
+    test_labels: Tensor | None = None  # (T,) grades of `test`                       images' grades are known
+    test_logits: dict[str, Tensor | None] = field(default_factory=dict)  # per extractor, of `test`
 
 
 @dataclass
@@ -48,6 +55,7 @@ class Generated:
     images: Tensor  # uint8 (M, C, H, W)
     embeddings: dict[str, Tensor] = field(default_factory=dict)
     logits: dict[str, Tensor | None] = field(default_factory=dict)
+    labels: Tensor | None = None  # (M,) the grade each image was generated as (conditional GANs)
 
 
 @dataclass(frozen=True)
@@ -140,6 +148,51 @@ def _kid(ref: Reference, gen: Generated, ext: str) -> dict[str, Tensor]:
     mean, std = kid.compute()
     kid.reset()
     return {f"kid_{ext}_mean": mean, f"kid_{ext}_std": std}
+
+
+@register("kid_per_grade", tuple(f"kid_{{ext}}_grade{g}" for g in GRADES), "embedding", ("lower",) * len(GRADES),
+          "KID per grade",
+          "KID of the generated images of each requested grade against the real reference images of that grade "
+          "(conditional GANs; subsets of half the smaller set: 33 for grade 4's 66 train images, so its spread is "
+          "the widest)")
+def _kid_per_grade(ref: Reference, gen: Generated, ext: str) -> dict[str, Tensor]:
+    if ref.labels is None or gen.labels is None:
+        return {}
+    values = {}
+    for grade in GRADES:
+        kid, fake = ref.cache.get(("kid", ext, grade)), gen.embeddings[ext][gen.labels == grade]
+        if kid is None or len(fake) < 4:  # no real or too few generated images of this grade
+            continue
+        n_real = int((ref.labels == grade).sum())
+        kid.subset_size = max(2, min(1000, min(n_real, len(fake)) // 2))  # as `_kid`: half the smaller set
+        kid.update(fake, real=False)
+        values[f"kid_{ext}_grade{grade}"] = kid.compute()[0]
+        kid.reset()
+    return values
+
+
+@register("grade_consistency",
+          ("grade_accuracy_{ext}_mean",) + tuple(f"grade_accuracy_{{ext}}_grade{g}" for g in GRADES)
+          + tuple(f"real_test_grade_accuracy_{{ext}}_grade{g}" for g in GRADES),
+          "logits", ("higher",) * (1 + 2 * len(GRADES)), "grade consistency",
+          "the grade classifier's accuracy on generated images of each requested grade (and its mean over grades), "
+          "next to its accuracy on the real test images of that grade (conditional GANs)")
+def _grade_consistency(ref: Reference, gen: Generated, ext: str) -> dict[str, Tensor]:
+    logits = gen.logits.get(ext)
+    if ext != "retina" or logits is None or gen.labels is None:  # the project's grade classifier only
+        return {}
+    values, predicted = {}, logits.argmax(1)
+    for grade in GRADES:
+        asked = gen.labels == grade
+        if asked.any():
+            values[f"grade_accuracy_{ext}_grade{grade}"] = (predicted[asked] == grade).float().mean()
+        test_logits = ref.test_logits.get(ext)
+        if test_logits is not None and (ref.test_labels == grade).any():
+            real = ref.test_labels == grade
+            values[f"real_test_grade_accuracy_{ext}_grade{grade}"] = (test_logits[real].argmax(1) == grade).float().mean()
+    if values:
+        values[f"grade_accuracy_{ext}_mean"] = torch.stack([v for k, v in values.items() if not k.startswith("real")]).mean()
+    return values
 
 
 @register("prdc", ("precision_{ext}", "recall_{ext}", "density_{ext}", "coverage_{ext}"), "embedding",

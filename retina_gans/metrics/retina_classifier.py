@@ -6,6 +6,9 @@ that respond to what matters here. Train the committed weights with
 
     python -m retina_gans.metrics.retina_classifier --channels 1 --data-root ../shared/data \
         --out retina_gans/assets/retina_classifier_c1.pt
+
+The recipe itself, `fit_classifier`, takes tensors and leaves the caller's RNG and global flags as they were:
+`retina_gans.utility` trains fresh graders with it on real and generated images.
 """
 
 import argparse
@@ -13,6 +16,7 @@ import shlex
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -36,16 +40,18 @@ def _conv_block(c_in: int, c_out: int) -> nn.Sequential:
 
 
 class RetinaClassifier(nn.Module):
-    """Four conv blocks -> global average pool (the embedding) -> linear logits over the 5 DR grades."""
+    """Four conv blocks -> global average pool (the embedding) -> linear logits over the 5 DR grades. `width`: the
+    first blocks' channels (w, w, 2w; the committed weights: 32)."""
 
-    def __init__(self, channels: int, embedding_dim: int = 128) -> None:
+    def __init__(self, channels: int, embedding_dim: int = 128, width: int = 32) -> None:
         super().__init__()
         self.channels = channels
         self.embedding_dim = embedding_dim
+        w = width
         self.body = nn.Sequential(
-            _conv_block(channels, 32), _conv_block(32, 32), nn.MaxPool2d(2),  # (N, 32, 14, 14)
-            _conv_block(32, 64), nn.MaxPool2d(2),  # (N, 64, 7, 7)
-            _conv_block(64, embedding_dim),  # (N, D, 7, 7)
+            _conv_block(channels, w), _conv_block(w, w), nn.MaxPool2d(2),  # (N, w, 14, 14)
+            _conv_block(w, 2 * w), nn.MaxPool2d(2),  # (N, 2w, 7, 7)
+            _conv_block(2 * w, embedding_dim),  # (N, D, 7, 7)
             nn.AdaptiveAvgPool2d(1), nn.Flatten(),  # (N, D), non-negative like Inception's pool3
         )
         self.dropout = nn.Dropout(0.3)
@@ -97,47 +103,56 @@ def _evaluate(model: RetinaClassifier, images: Tensor, labels: Tensor) -> tuple[
     return (logits.argmax(1) == labels).float().mean().item(), F.cross_entropy(logits, labels).item()
 
 
+def fit_classifier(train_images: Tensor, train_labels: Tensor, val_images: Tensor, val_labels: Tensor, *,
+                   epochs: int, seed: int, width: int = 32, embedding_dim: int = 128,
+                   log: Callable[[str], None] | None = print) -> tuple[RetinaClassifier, dict]:
+    """The project's grade-classifier recipe on uint8 images (N, C, 28, 28) and grades (N,): AdamW with a one-cycle
+    schedule, flips and 2-pixel shifts, batch 64; keeps the epoch with the best val accuracy (ties: lower val loss).
+
+    Every random draw (initial weights, dropout, order, augmentation) follows `seed` inside a forked RNG: the caller's
+    global RNG is left as it was and no global flag is set (the training command sets deterministic algorithms for
+    its own process)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = RetinaClassifier(train_images.shape[1], embedding_dim, width)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
+        steps_per_epoch = -(-len(train_images) // 64)
+        schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, 2e-3, total_steps=epochs * steps_per_epoch)
+        generator = torch.Generator().manual_seed(seed)
+        best, best_key, best_epoch = None, (-1.0, 0.0), -1
+        for epoch in range(epochs):
+            model.train()
+            order = torch.randperm(len(train_images), generator=generator)
+            for i in range(0, len(order), 64):
+                idx = order[i : i + 64]
+                x = _augment(to_model_range(train_images[idx]), generator)
+                _, logits = model(x)
+                loss = F.cross_entropy(logits, train_labels[idx])
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                schedule.step()
+            val_accuracy, val_loss = _evaluate(model, val_images, val_labels)
+            if (val_accuracy, -val_loss) > best_key:
+                best_key = (val_accuracy, -val_loss)
+                best = {k: v.clone() for k, v in model.state_dict().items()}
+                best_epoch = epoch
+            if log is not None:
+                log(f"epoch {epoch:3d} loss {loss.item():.3f} val_acc {val_accuracy:.3f} val_loss {val_loss:.3f}")
+    model.load_state_dict(best)
+    return model.eval(), {"best_epoch": best_epoch, "val_accuracy": best_key[0]}
+
+
 def train(
     channels: int, data_root: str, epochs: int, seed: int, verify_md5: bool = True
 ) -> tuple[RetinaClassifier, dict]:
     """Fit on the train split, keep the epoch with the best val accuracy (ties: lower val loss), report test."""
-    torch.manual_seed(seed)
-    torch.use_deterministic_algorithms(True)
     path = ensure_data_file(data_root, 28, download=False, verify_md5=verify_md5)
     splits = {s: load_split(path, s, 28, channels) for s in ("train", "val", "test")}
-    train_images, train_labels = splits["train"]
-    model = RetinaClassifier(channels)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
-    steps_per_epoch = -(-len(train_images) // 64)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, 2e-3, total_steps=epochs * steps_per_epoch)
-    generator = torch.Generator().manual_seed(seed)
-    best, best_key = None, (-1.0, 0.0)
-    for epoch in range(epochs):
-        model.train()
-        order = torch.randperm(len(train_images), generator=generator)
-        for i in range(0, len(order), 64):
-            idx = order[i : i + 64]
-            x = _augment(to_model_range(train_images[idx]), generator)
-            _, logits = model(x)
-            loss = F.cross_entropy(logits, train_labels[idx])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-        val_accuracy, val_loss = _evaluate(model, *splits["val"])
-        if (val_accuracy, -val_loss) > best_key:
-            best_key = (val_accuracy, -val_loss)
-            best = {k: v.clone() for k, v in model.state_dict().items()}
-            best_epoch = epoch
-        print(f"epoch {epoch:3d} loss {loss.item():.3f} val_acc {val_accuracy:.3f} val_loss {val_loss:.3f}", flush=True)
-    model.load_state_dict(best)
+    model, report = fit_classifier(*splits["train"], *splits["val"], epochs=epochs, seed=seed,
+                                   log=lambda line: print(line, flush=True))
     test_accuracy, test_loss = _evaluate(model, *splits["test"])
-    return model.eval(), {
-        "best_epoch": best_epoch,
-        "val_accuracy": best_key[0],
-        "test_accuracy": test_accuracy,
-        "test_loss": test_loss,
-    }
+    return model, {**report, "test_accuracy": test_accuracy, "test_loss": test_loss}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -149,6 +164,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-md5", action="store_true", help="for a data file you made yourself (tests)")
     args = parser.parse_args(argv)
+    torch.use_deterministic_algorithms(True)  # this command's own process: the committed weights are reproducible
     start = time.perf_counter()
     model, report = train(args.channels, args.data_root, args.epochs, args.seed, not args.skip_md5)
     seconds = time.perf_counter() - start  # printed, not saved: the file's bytes must not depend on timing

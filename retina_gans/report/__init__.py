@@ -7,6 +7,7 @@ and writes `report.md` (figures beside it), `report.html` (figures inline), the 
 runs.py reads the jobs, stats.py does the seed statistics, figures.py draws, render.py writes Markdown/HTML.
 """
 
+import json
 import math
 import re
 from datetime import datetime
@@ -202,6 +203,7 @@ def build_report(sweep_dir: str | Path, out_dir: str | Path | None = None, c2st:
     _runs_section(doc, sweep, table, main, next((c[0] for c in columns if c[1] == main), main.removeprefix("val/")))
     for section in dict.fromkeys(r.section for r in sweep.runs):
         _section(doc, section, [r for r in sweep.runs if r.section == section], columns, main, out)
+    _utility_section(doc, sweep)
     _provenance(doc, sweep)
 
     (out / "report.md").write_text(doc.markdown())
@@ -463,6 +465,44 @@ def _samples_figure(doc: Doc, section: str, model: str, runs: list[Run], out: Pa
                    "(best main metric), the same fixed noise for every model and seed; right: real images.")
     if notes:
         doc.p(f"{model_name(model)} samples: " + "; ".join(notes) + ".")
+
+
+UTILITY_FILE = "utility-last.json"  # what `python -m retina_gans.utility ckpt_path=<run>/checkpoints/last.ckpt` writes
+
+
+def _utility_section(doc: Doc, sweep: Sweep) -> None:
+    """Downstream utility of conditional runs (`retina_gans.utility`, run by `compare --utility`): per model and
+    setting, the mean over runs of each run's classifier-seed means, and its sd over runs."""
+    conditional = [r for r in sweep.runs if r.usable and (r.config.get("model") or {}).get("conditional")]
+    if not conditional:
+        return
+    doc.h(2, "Downstream utility (conditional runs)")
+    found: dict[str, list[dict]] = {}
+    missing = []
+    for run in conditional:
+        path = run.path / "checkpoints" / UTILITY_FILE
+        if path.is_file():
+            found.setdefault(run.model, []).append(json.loads(path.read_text())["settings"])
+        else:
+            missing.append(f"`python -m retina_gans.utility ckpt_path={run.path}/checkpoints/last.ckpt`")
+    rows = []
+    for model, results in found.items():
+        for setting in results[0]:
+            auc = [r[setting]["auc"]["mean"] for r in results]
+            ratio = [r[setting]["auc"]["mean"] / r["real"]["auc"]["mean"] for r in results]
+            accuracy = [r[setting]["accuracy"]["mean"] for r in results]
+            spread = sum(r[setting]["auc"]["sd"] for r in results) / len(results)
+            cells = [fmt_summary(summarize(values), len(results))[0] for values in (accuracy, auc, ratio)]
+            rows.append([model_name(model), setting, str(len(results)), *cells[:2], f"{spread:.3f}", cells[2]])
+    if rows:
+        doc.table(["model", "setting", "runs", "test accuracy", "test AUC", "classifier-seed sd of AUC",
+                   "AUC / real-only"], rows)
+        doc.p("A fresh grade classifier per setting and classifier seed, selected on the real val split, scored on "
+              "the real test split (MedMNIST's accuracy and macro one-vs-rest AUC). Per run: the mean over classifier "
+              "seeds; here mean ± sd over the runs (GAN seeds). Targets: `synthetic` at least 0.9x the real-only AUC; "
+              "`real+balance` or `real+equal` above real-only by more than the classifier-seed sd.")
+    if missing:
+        doc.p("**Not measured** (no utility JSON beside the checkpoint):\n" + "\n".join(f"- {m}" for m in missing))
 
 
 def _provenance(doc: Doc, sweep: Sweep) -> None:

@@ -105,7 +105,10 @@ def checkpoint_samples(checkpoint: Path, n: int = N_SAMPLES) -> Tensor:
     from retina_gans.models import GAN
 
     model = GAN.from_checkpoint(checkpoint)
-    return model.generate(_fixed_noise(model.run_config, n))
+    noise = _fixed_noise(model.run_config, n)
+    if not model.conditional:
+        return model.generate(noise)
+    return model.generate(noise, torch.arange(n) % len(model.grade_counts))  # conditional: the grades in turn
 
 
 def real_samples(checkpoint: Path, n: int = N_SAMPLES) -> Tensor:
