@@ -27,6 +27,17 @@ def test_every_model_choice_builds(model, synthetic_data_dir):
     assert isinstance(gan, GAN) and gan.n_critic >= 1  # each variant's own checks: tests/test_variants.py
 
 
+def test_best_checkpoint_and_sweeps_select_on_the_validated_main_metric():
+    """The best checkpoint (and the report's sample grids read from it) follows metrics.main, not the old FID."""
+    from retina_gans.metrics.registry import direction
+
+    cfg = compose_config(["hparams_search=optuna", "model=wgan_gp"])
+    assert cfg.metrics.main == "fid_retina_v2"
+    assert cfg.callbacks.best_checkpoint.monitor == "val/fid_retina_v2" == cfg.optimized_metric
+    assert cfg.callbacks.best_checkpoint.mode == "min" and direction(cfg.metrics.main) == "lower"
+    assert compose_config(["metrics.main=kid_retina_v2_mean"]).callbacks.best_checkpoint.monitor == "val/kid_retina_v2_mean"
+
+
 def test_blog_experiment_is_the_blog_setup():
     for model, n_critic in [("lsgan", 1), ("wgan", 5), ("wgan_gp", 5)]:
         cfg = compose_config([f"model={model}", "experiment=blog"])
