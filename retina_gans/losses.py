@@ -1,7 +1,9 @@
 """All GAN loss math, as pure functions of critic scores; the training loop knows none of it."""
 
+from typing import Callable
+
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from torch.nn import functional as F
 
 
@@ -50,7 +52,7 @@ def hinge_generator(fake_scores: Tensor) -> Tensor:
     return -fake_scores.mean()
 
 
-def r1_penalty(critic: nn.Module, real: Tensor, grad_scale: float = 1.0) -> Tensor:
+def r1_penalty(critic: Callable[[Tensor], Tensor], real: Tensor, grad_scale: float = 1.0) -> Tensor:
     """E[||grad_x critic(x)||^2] at real images (Mescheder et al. 2018, eq. 9, without the gamma / 2 factor).
 
     `grad_scale`: as in `gradient_penalty`, the float16 loss scale (1.0 otherwise).
@@ -60,7 +62,7 @@ def r1_penalty(critic: nn.Module, real: Tensor, grad_scale: float = 1.0) -> Tens
     return (grads.float() / grad_scale).flatten(1).square().sum(1).mean()
 
 
-def gradient_penalty(critic: nn.Module, real: Tensor, fake: Tensor, grad_scale: float = 1.0) -> Tensor:
+def gradient_penalty(critic: Callable[[Tensor], Tensor], real: Tensor, fake: Tensor, grad_scale: float = 1.0) -> Tensor:
     """E[(||grad_x critic(x)||_2 - 1)^2] at random interpolates of real and fake (Gulrajani et al. 2017, eq. 3).
 
     Under float16 mixed precision the scores are multiplied by the loss scaler's `grad_scale`

@@ -1,6 +1,7 @@
 """The GAN LightningModule (schedule, sampling, logging, metrics) and the named variants, each a class assembled
 from parts: an objective (`retina_gans.objectives`) and critic regularizers (`retina_gans.regularizers`). Hybrids need
-no class: `_target_: retina_gans.models.GAN` with `objective` and `regularizers` in the config.
+no class: `_target_: retina_gans.models.GAN` with `objective` and `regularizers` in the config. Any variant may add,
+by config, an augmentation of the critic's input (`retina_gans.augment`) and a generator EMA (`retina_gans.ema`).
 
 Counting: Lightning's `trainer.global_step` counts every `optimizer.step()` of both optimizers
 (Lightning issue #17958), so `trainer.max_steps` bounds critic + generator steps together. The
@@ -22,6 +23,8 @@ from torch import Tensor, nn
 from torchmetrics.utilities.distributed import gather_all_tensors
 
 from retina_gans import objectives, regularizers
+from retina_gans.augment import Augment
+from retina_gans.ema import GeneratorEMA
 from retina_gans.metrics import GenerationMetrics, resolve_extractors
 from retina_gans.pixels import to_uint8
 from retina_gans.sample_grid import write_sample_grid
@@ -46,6 +49,8 @@ class GAN(L.LightningModule):
 
     `variant`: how reports show it ({name, color, family}: display name, matplotlib colour, loss family); from the
     variant's conf/model file (absent from checkpoints written before it existed).
+    `augment`: applied to every critic input (`run_critic`); `ema`: the averaged generator that `generate` draws
+    from. Both off (None) unless the config's `augment`/`ema` groups choose one (and in checkpoints from before).
     """
 
     def __init__(
@@ -62,6 +67,8 @@ class GAN(L.LightningModule):
         objective: objectives.Objective,
         regularizers: list[regularizers.Regularizer],
         variant: dict[str, str] | None = None,
+        augment: Augment | None = None,
+        ema: GeneratorEMA | None = None,
     ) -> None:
         super().__init__()
         if n_critic < 1:
@@ -74,6 +81,12 @@ class GAN(L.LightningModule):
         for regularizer in self.regularizers:
             regularizer.attach(self.critic)
         self.variant = dict(variant or {})
+        self.augment = augment
+        if augment is not None:
+            augment.attach(objective)
+        self.ema = ema
+        if ema is not None:
+            ema.attach(self.generator)  # before compiling: the average stays an eager copy
         self.generator_optimizer = generator_optimizer
         self.critic_optimizer = critic_optimizer
         if compile:  # in place (nn.Module.compile), so state_dict keys and checkpoints are unchanged
@@ -95,23 +108,45 @@ class GAN(L.LightningModule):
         self._generated: list[Tensor] = []
 
     # ---- the parts, called by the training step and by the benchmark's bare loop -------------------------
+    def run_critic(self, images: Tensor) -> Tensor:
+        """The critic as every loss and penalty sees it: behind the augmentation, when there is one."""
+        if self.augment is not None:
+            images = self.augment(images)
+        return self.critic(images)
+
     def critic_loss(self, real: Tensor, fake: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         """The critic's loss on a real and a (detached) fake batch, penalties included, plus extra values to log."""
-        loss, extra = self.objective.critic_loss(self.critic(real), self.critic(fake))
+        real_scores, fake_scores = self.run_critic(real), self.run_critic(fake)
+        loss, extra = self.objective.critic_loss(real_scores, fake_scores)
+        if self.augment is not None:
+            extra |= self.augment.observe(self.objective, real_scores.detach(), fake_scores.detach())
         for regularizer in self.regularizers:
-            term, values = regularizer.penalty(self.critic, real, fake, self.critic_steps + 1, self._grad_scale)
+            term, values = regularizer.penalty(self.run_critic, real, fake, self.critic_steps + 1, self._grad_scale)
             if term is not None:
                 loss = loss + term
             extra |= values
         return loss, extra
 
     def generator_loss(self, fake: Tensor) -> Tensor:
-        return self.objective.generator_loss(self.critic(fake))
+        return self.objective.generator_loss(self.run_critic(fake))
 
     def constrain_critic(self) -> None:
         """Called after every critic step (weight clipping acts here)."""
         for regularizer in self.regularizers:
             regularizer.after_step(self.critic)
+
+    def end_critic_step(self) -> None:
+        """After every critic optimizer step: the critic's constraints, the step count, ADA's adjustment of p."""
+        self.constrain_critic()
+        self.critic_steps += 1
+        if self.augment is not None:
+            self.augment.after_critic_step(self.critic_steps)
+
+    def end_generator_step(self, n_images: int) -> None:
+        """After every generator optimizer step on n_images generated images (all ranks): the count, the EMA."""
+        self.generator_steps += 1
+        if self.ema is not None:
+            self.ema.update(self.generator, n_images)
 
     def _grad_scale(self) -> float:
         """The float16 loss scale (Lightning's scaler under 16-mixed; it syncs), else 1.0: penalties on input
@@ -150,8 +185,7 @@ class GAN(L.LightningModule):
             fake = self.generator(self.sample_noise(real.shape[0]))  # (N, C, H, W) in [-1, 1]
         critic_loss, extra = self.critic_loss(real, fake)
         self._update(critic_opt, critic_loss)
-        self.constrain_critic()
-        self.critic_steps += 1
+        self.end_critic_step()
         logged = {"critic_loss": critic_loss.detach(), **extra}
 
         if self.critic_steps % self.n_critic == 0:
@@ -164,7 +198,7 @@ class GAN(L.LightningModule):
                 self._update(generator_opt, generator_loss)
             finally:
                 self.critic.requires_grad_(True)
-            self.generator_steps += 1
+            self.end_generator_step(real.shape[0] * self.trainer.world_size)
             logged["generator_loss"] = generator_loss.detach()
         self.training_log.add(logged, real.shape[0])
         if self.trainer._logger_connector.should_update_logs:  # Lightning's own test for writing a step row
@@ -215,11 +249,13 @@ class GAN(L.LightningModule):
     # ---- samples --------------------------------------------------------------------------------
     @torch.no_grad()
     def generate(self, noise: Tensor) -> Tensor:
-        """Samples in eval mode (BatchNorm uses running statistics), as uint8 (N, C, H, W)."""
-        was_training = self.generator.training
-        self.generator.eval()
-        images = to_uint8(self.generator(noise.to(self.device)))
-        self.generator.train(was_training)
+        """Samples in eval mode (BatchNorm uses running statistics), as uint8 (N, C, H, W); from the EMA generator
+        when there is one (grids, validation, `sample`, `evaluate` all come here)."""
+        generator = self.ema.generator if self.ema is not None else self.generator
+        was_training = generator.training
+        generator.eval()
+        images = to_uint8(generator(noise.to(self.device)))
+        generator.train(was_training)
         return images
 
     def _write_sample_grid(self) -> None:
