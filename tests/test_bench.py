@@ -72,6 +72,13 @@ def test_bench_tiny_reports_validation_run_machine_and_memory(tiny_report):
     assert report["settings"]["precision"] == "32-true" and report["settings"]["steps"] == 3
 
 
+def test_bench_refuses_an_unknown_option_in_one_line(capsys):
+    with pytest.raises(SystemExit) as exited:
+        main(["--options", "augment=flips"])
+    assert exited.value.code == 2
+    assert "--options: unknown ['augment=flips']; options: augment=ada augment=diffaugment ema=stylegan2" in capsys.readouterr().err
+
+
 def test_bench_refuses_float16_on_cpu():
     with pytest.raises(SystemExit, match="16-mixed needs CUDA"):
         main(["--device", "cpu", "--precision", "16-mixed"])
