@@ -143,10 +143,11 @@ class GAN(L.LightningModule):
             self.augment.after_critic_step(self.critic_steps)
 
     def end_generator_step(self, n_images: int) -> None:
-        """After every generator optimizer step on n_images generated images (all ranks): the count, the EMA."""
+        """After every generator optimizer step on n_images generated images (this process's): the count, the EMA
+        (whose half-life counts the images of all ranks)."""
         self.generator_steps += 1
         if self.ema is not None:
-            self.ema.update(self.generator, n_images)
+            self.ema.update(self.generator, n_images * (self._trainer.world_size if self._trainer else 1))
 
     def _grad_scale(self) -> float:
         """The float16 loss scale (Lightning's scaler under 16-mixed; it syncs), else 1.0: penalties on input
@@ -198,7 +199,7 @@ class GAN(L.LightningModule):
                 self._update(generator_opt, generator_loss)
             finally:
                 self.critic.requires_grad_(True)
-            self.end_generator_step(real.shape[0] * self.trainer.world_size)
+            self.end_generator_step(real.shape[0])
             logged["generator_loss"] = generator_loss.detach()
         self.training_log.add(logged, real.shape[0])
         if self.trainer._logger_connector.should_update_logs:  # Lightning's own test for writing a step row
