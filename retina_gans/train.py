@@ -156,7 +156,7 @@ def check_resume(checkpoint: dict[str, Any], cfg: DictConfig) -> None:
             fixes.append(f"model={_option('model', theirs) or theirs}")
         elif key.removeprefix("model.") in MODEL_PARTS:
             group = key.removeprefix("model.")
-            fixes.append(f"{group}={_option(group, theirs) if theirs else 'null'}")
+            fixes.append(f"{group}={_option(group, theirs) or theirs}" if theirs else f"~{group}")  # ~: off
         elif not (key.startswith("model.") and any(k == "model._target_" for k, _, _ in differences)):
             fixes.append(f"{key}={theirs}")
     changed = ", ".join(f"{k} {theirs} -> {ours}" for k, theirs, ours in differences)

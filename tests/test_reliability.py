@@ -112,7 +112,7 @@ CASES = [  # id, model, overrides (with {inputs}), exception, message (regex)
     ("ckpt_flipped_byte", "lsgan", ["ckpt_path={inputs}/ckpt/flipped_byte.ckpt"], CheckpointFileError, r"flipped_byte.ckpt (is corrupt \(bad CRC|cannot be loaded)"),
     ("ckpt_foreign_dict", "lsgan", ["ckpt_path={inputs}/ckpt/foreign_state_dict.ckpt"], CheckpointFileError, r"foreign_state_dict.ckpt is not a retina-gans training checkpoint \(missing state_dict"),
     ("ckpt_foreign_pickle", "lsgan", ["ckpt_path={inputs}/ckpt/foreign_pickle.ckpt"], CheckpointFileError, r"foreign_pickle.ckpt cannot be loaded \(UnpicklingError"),
-    ("ckpt_ema_switched_on", "lsgan", ["ckpt_path={inputs}/ckpt/mid_epoch.ckpt", "ema=stylegan2"], ConfigError, r"other settings than this run has \(model.ema None -> retina_gans.ema.GeneratorEMA\).*repeat them \(ema=null\)"),
+    ("ckpt_ema_switched_on", "lsgan", ["ckpt_path={inputs}/ckpt/mid_epoch.ckpt", "ema=stylegan2"], ConfigError, r"other settings than this run has \(model.ema None -> retina_gans.ema.GeneratorEMA\).*repeat them \(~ema\)"),
     ("ckpt_other_batch_size", "lsgan", ["ckpt_path={inputs}/ckpt/mid_epoch.ckpt", "data.batch_size=128"], ConfigError, r"other settings than this run has \(data.batch_size 256 -> 128\).*repeat them \(data.batch_size=256\)"),
 ]
 
