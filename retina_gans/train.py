@@ -191,10 +191,12 @@ def _checkpoint_dirs(cfg: DictConfig) -> list[Path]:
 
 
 def _checkpoint_bytes(cfg: DictConfig) -> int:
-    """About what one checkpoint of this model takes: fp32 weights and Adam's two moments, for both nets."""
-    params = sum(p.numel() for name in ("generator", "critic")
-                 for p in hydra.utils.instantiate(cfg.model[name]).parameters())
-    return 3 * 4 * params + (1 << 20)
+    """About what one checkpoint of this model takes: fp32 weights and Adam's two moments, for both nets, and the
+    EMA generator's weights when there is one."""
+    sizes = {name: sum(p.numel() for p in hydra.utils.instantiate(cfg.model[name]).parameters())
+             for name in ("generator", "critic")}
+    ema = sizes["generator"] if cfg.model.get("ema") else 0
+    return 4 * (3 * (sizes["generator"] + sizes["critic"]) + ema) + (1 << 20)
 
 
 def _check_writable(folder: Path) -> None:

@@ -77,8 +77,8 @@ def test_bench_tiny_reports_validation_run_machine_and_memory(tiny_report):
 def test_bench_tiny_times_each_option_on_both_paths_with_its_cost(synthetic_data_dir, tmp_path):
     json_out = tmp_path / "bench.json"
     report = main(["--tiny", "--device", "cpu", "--data-root", str(synthetic_data_dir), "--json-out", str(json_out),
-                   "--models", "wgan_gp", "--options", "augment=ada", "ema=stylegan2", "--extractors", "retina_v2",
-                   "data.verify_md5=false"])
+                   "--extractors", "retina_v2", "--models", "wgan_gp", "--options", "augment=ada", "ema=stylegan2",
+                   "--", "data.verify_md5=false"])
     training = report["training"]
     assert set(training) == {"wgan_gp", "wgan_gp+augment=ada", "wgan_gp+ema=stylegan2"}
     for row, key in (("wgan_gp+augment=ada", "augment.p"), ("wgan_gp+ema=stylegan2", "ema._extra_state")):
