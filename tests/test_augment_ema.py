@@ -190,7 +190,7 @@ def test_blog_has_no_augmentation_or_ema_and_small_data_has_both():
 # ---- exact resume with the options on ----------------------------------------------------------------------------
 @pytest.mark.parametrize("options", [
     ["ema=stylegan2", "augment=ada", "model.augment.interval=2", "model.augment.adjust_images=2000"],
-    ["ema=stylegan2", "augment=diffaugment"],
+    pytest.param(["ema=stylegan2", "augment=diffaugment"], marks=pytest.mark.slow),
 ], ids=["ema+ada", "ema+diffaugment"])
 def test_a_run_stopped_mid_epoch_with_ema_and_augmentation_resumes_bit_for_bit(options, synthetic_data_dir, tmp_path):
     # RUN (tests/test_exact_resume.py): wgan, n_critic 3, 9 batches per epoch, 2 epochs, last.ckpt every 4 batches.
