@@ -13,6 +13,7 @@ from typing import Any, Callable
 import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from retina_gans.augment import DIFFAUGMENT_POLICIES
 from retina_gans.data import SPLITS
 from retina_gans.metrics import EXTRACTORS
 
@@ -68,6 +69,13 @@ EXTRACTOR_NAMES = (
 )
 MAIN_METRIC_CHOICES = [f"fid_{e}" for e in EXTRACTORS] + [f"kid_{e}_mean" for e in EXTRACTORS] + ["spectral_distance"]
 MAIN_METRIC = (lambda v: v in MAIN_METRIC_CHOICES, f"one of {MAIN_METRIC_CHOICES} (a lower-is-better distance)")
+FRACTION_OPEN = (lambda v: _number(v) and 0 < v <= 1, "a number in (0, 1]")
+PROBABILITY = (lambda v: _number(v) and 0 <= v <= 1, "a number in [0, 1]")
+ADA_TARGET = (lambda v: v is None or (_number(v) and -1 < v < 1), "null (p fixed) or a number in (-1, 1)")
+DIFFAUGMENT_POLICY = (
+    lambda v: isinstance(v, (list, tuple)) and len(v) > 0 and all(p in DIFFAUGMENT_POLICIES for p in v),
+    f"a non-empty list drawn from {list(DIFFAUGMENT_POLICIES)}",
+)
 DEVICES = (
     lambda v: v == "auto" or (_int(v) and (v >= 1 or v == -1)) or isinstance(v, (list, tuple)),
     "'auto', -1, an integer >= 1 or a list of device indices",
@@ -101,6 +109,15 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "model.critic_optimizer.lr": POSITIVE,
     "model.generator_optimizer.betas": BETAS,
     "model.critic_optimizer.betas": BETAS,
+    "model.ema.half_life_images": POSITIVE,
+    "model.ema.ramp_up": optional(POSITIVE),
+    "model.augment.policy": DIFFAUGMENT_POLICY,
+    "model.augment.translation": FRACTION_OPEN,
+    "model.augment.cutout": FRACTION_OPEN,
+    "model.augment.p": PROBABILITY,
+    "model.augment.target": ADA_TARGET,
+    "model.augment.interval": int_at_least(1),
+    "model.augment.adjust_images": POSITIVE,
     "metrics.extractors": EXTRACTOR_NAMES,
     "metrics.noise_seed": INTEGER,
     "metrics.main": MAIN_METRIC,

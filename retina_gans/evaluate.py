@@ -154,7 +154,7 @@ def run(cfg: DictConfig) -> tuple[dict[str, Any], Path]:
         _check_count(n, f"n_samples={n}")
         default_out = source.parent / f"eval-{source.stem}-{cfg.reference_split}-n{n}.json"
         protocol_source = {"checkpoint": str(source), "model": gan.run_config["model"]["_target_"],
-                           "noise_seed": cfg.noise_seed, "ema": False}
+                           "noise_seed": cfg.noise_seed, "ema": gan.ema is not None}
         images = None
         labels = grade_labels(gan, None, n)  # conditional: the train split's grade proportions; else None
     out = Path(to_absolute_path(cfg.out)) if cfg.out else default_out

@@ -1,6 +1,7 @@
 """The GAN LightningModule (schedule, sampling, logging, metrics) and the named variants, each a class assembled
 from parts: an objective (`retina_gans.objectives`) and critic regularizers (`retina_gans.regularizers`). Hybrids need
-no class: `_target_: retina_gans.models.GAN` with `objective` and `regularizers` in the config.
+no class: `_target_: retina_gans.models.GAN` with `objective` and `regularizers` in the config. Any variant may add,
+by config, an augmentation of the critic's input (`retina_gans.augment`) and a generator EMA (`retina_gans.ema`).
 
 Counting: Lightning's `trainer.global_step` counts every `optimizer.step()` of both optimizers
 (Lightning issue #17958), so `trainer.max_steps` bounds critic + generator steps together. The
@@ -23,6 +24,8 @@ from torch import Tensor, nn
 from torchmetrics.utilities.distributed import gather_all_tensors
 
 from retina_gans import objectives, regularizers
+from retina_gans.augment import Augment
+from retina_gans.ema import GeneratorEMA
 from retina_gans.metrics import GenerationMetrics, resolve_extractors
 from retina_gans.pixels import to_uint8
 from retina_gans.sample_grid import write_sample_grid
@@ -49,6 +52,8 @@ class GAN(L.LightningModule):
     variant's conf/model file (absent from checkpoints written before it existed).
     `conditional`: the nets take the DR grade (built with `grades` > 0); training batches are (images, grades) and
     generated batches get grades drawn per `fake_grades` ("train": the train split's frequencies; "uniform").
+    `augment`: applied to every critic input (`run_critic`); `ema`: the averaged generator that `generate` draws
+    from. Both off (None) unless the config's `augment`/`ema` groups choose one (and in checkpoints from before).
     """
 
     def __init__(
@@ -67,6 +72,8 @@ class GAN(L.LightningModule):
         variant: dict[str, str] | None = None,
         conditional: bool = False,  # defaults: configs of checkpoints from before the options
         fake_grades: str = "train",
+        augment: Augment | None = None,
+        ema: GeneratorEMA | None = None,
     ) -> None:
         super().__init__()
         if n_critic < 1:
@@ -79,6 +86,12 @@ class GAN(L.LightningModule):
         for regularizer in self.regularizers:
             regularizer.attach(self.critic)
         self.variant = dict(variant or {})
+        self.augment = augment
+        if augment is not None:
+            augment.attach(objective)
+        self.ema = ema
+        if ema is not None:
+            ema.attach(self.generator)  # before compiling: the average stays an eager copy
         self.generator_optimizer = generator_optimizer
         self.critic_optimizer = critic_optimizer
         if compile:  # in place (nn.Module.compile), so state_dict keys and checkpoints are unchanged
@@ -114,15 +127,24 @@ class GAN(L.LightningModule):
         self.register_buffer("grade_counts", torch.zeros(grades))
 
     # ---- the parts, called by the training step and by the benchmark's bare loop -------------------------
+    def run_critic(self, images: Tensor, grades: Tensor | None = None) -> Tensor:
+        """The critic as every loss and penalty sees it: behind the augmentation, when there is one; conditional:
+        with the images' grades (N,) (an augmentation moves pixels, never the label)."""
+        if self.augment is not None:
+            images = self.augment(images)
+        return self.critic(images) if grades is None else self.critic(images, grades)
+
     def critic_loss(self, real: Tensor, fake: Tensor, real_grades: Tensor | None = None,
                     fake_grades: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
         """The critic's loss on a real and a (detached) fake batch, penalties included, plus extra values to log.
 
         Conditional: each batch's grades (N,). The penalties see the critic with the real images' grades bound: the
         gradient penalty's interpolates keep them, R1 is taken at the real images."""
-        critic = self.critic if real_grades is None else partial(self.critic, grades=real_grades)
-        fake_critic = self.critic if fake_grades is None else partial(self.critic, grades=fake_grades)
-        loss, extra = self.objective.critic_loss(critic(real), fake_critic(fake))
+        critic = self.run_critic if real_grades is None else partial(self.run_critic, grades=real_grades)
+        real_scores, fake_scores = critic(real), self.run_critic(fake, fake_grades)
+        loss, extra = self.objective.critic_loss(real_scores, fake_scores)
+        if self.augment is not None:
+            extra |= self.augment.observe(self.objective, real_scores.detach(), fake_scores.detach())
         for regularizer in self.regularizers:
             term, values = regularizer.penalty(critic, real, fake, self.critic_steps + 1, self._grad_scale)
             if term is not None:
@@ -131,12 +153,26 @@ class GAN(L.LightningModule):
         return loss, extra
 
     def generator_loss(self, fake: Tensor, grades: Tensor | None = None) -> Tensor:
-        return self.objective.generator_loss(self.critic(fake) if grades is None else self.critic(fake, grades))
+        return self.objective.generator_loss(self.run_critic(fake, grades))
 
     def constrain_critic(self) -> None:
         """Called after every critic step (weight clipping acts here)."""
         for regularizer in self.regularizers:
             regularizer.after_step(self.critic)
+
+    def end_critic_step(self) -> None:
+        """After every critic optimizer step: the critic's constraints, the step count, ADA's adjustment of p."""
+        self.constrain_critic()
+        self.critic_steps += 1
+        if self.augment is not None:
+            self.augment.after_critic_step(self.critic_steps)
+
+    def end_generator_step(self, n_images: int) -> None:
+        """After every generator optimizer step on n_images generated images (this process's): the count, the EMA
+        (whose half-life counts the images of all ranks)."""
+        self.generator_steps += 1
+        if self.ema is not None:
+            self.ema.update(self.generator, n_images * (self._trainer.world_size if self._trainer else 1))
 
     def _grad_scale(self) -> float:
         """The float16 loss scale (Lightning's scaler under 16-mixed; it syncs), else 1.0: penalties on input
@@ -189,8 +225,7 @@ class GAN(L.LightningModule):
             fake, fake_grades = self.sample_fakes(real.shape[0])  # (N, C, H, W) in [-1, 1], (N,) or None
         critic_loss, extra = self.critic_loss(real, fake, real_grades, fake_grades)
         self._update(critic_opt, critic_loss)
-        self.constrain_critic()
-        self.critic_steps += 1
+        self.end_critic_step()
         logged = {"critic_loss": critic_loss.detach(), **extra}
 
         if self.critic_steps % self.n_critic == 0:
@@ -203,7 +238,7 @@ class GAN(L.LightningModule):
                 self._update(generator_opt, generator_loss)
             finally:
                 self.critic.requires_grad_(True)
-            self.generator_steps += 1
+            self.end_generator_step(real.shape[0])
             logged["generator_loss"] = generator_loss.detach()
         self.training_log.add(logged, real.shape[0])
         if self.trainer._logger_connector.should_update_logs:  # Lightning's own test for writing a step row
@@ -254,15 +289,16 @@ class GAN(L.LightningModule):
     # ---- samples --------------------------------------------------------------------------------
     @torch.no_grad()
     def generate(self, noise: Tensor, grades: Tensor | None = None) -> Tensor:
-        """Samples in eval mode (BatchNorm uses running statistics), as uint8 (N, C, H, W); conditional: of `grades`
-        (N,)."""
+        """Samples in eval mode (BatchNorm uses running statistics), as uint8 (N, C, H, W); from the EMA generator
+        when there is one (grids, validation, `sample`, `evaluate` all come here); conditional: of `grades` (N,)."""
         if self.conditional and grades is None:
             raise ValueError("a conditional GAN generates images of given grades: generate(noise, grades)")
-        was_training = self.generator.training
-        self.generator.eval()
+        generator = self.ema.generator if self.ema is not None else self.generator
+        was_training = generator.training
+        generator.eval()
         noise = noise.to(self.device)
-        images = to_uint8(self.generator(noise) if grades is None else self.generator(noise, grades.to(self.device)))
-        self.generator.train(was_training)
+        images = to_uint8(generator(noise) if grades is None else generator(noise, grades.to(self.device)))
+        generator.train(was_training)
         return images
 
     def grid_inputs(self, columns: int = 8) -> tuple[Tensor, Tensor | None]:

@@ -15,6 +15,8 @@ from torch.nn.utils.parametrizations import spectral_norm
 from retina_gans import losses
 from retina_gans.networks import has_batch_norm
 
+Critic = Callable[[Tensor], Tensor]  # images (N, C, H, W) -> scores (N,)
+
 
 class Regularizer:
     """A critic constraint or penalty; the default of each hook does nothing."""
@@ -24,9 +26,10 @@ class Regularizer:
     def attach(self, critic: nn.Module) -> None:
         """Called once, when the GAN is built."""
 
-    def penalty(self, critic: Callable[[Tensor], Tensor], real: Tensor, fake: Tensor, critic_step: int,
+    def penalty(self, critic: Critic, real: Tensor, fake: Tensor, critic_step: int,
                 grad_scale: Callable[[], float]) -> tuple[Tensor | None, dict[str, Tensor]]:
-        """The weighted term added to the critic's loss at this (1-based) critic step, or None, and values to log."""
+        """The weighted term added to the critic's loss at this (1-based) critic step, or None, and values to log.
+        `critic`: the critic as the losses see it (`GAN.run_critic`: behind the augmentation when there is one)."""
         return None, {}
 
     def after_step(self, critic: nn.Module) -> None:
@@ -68,7 +71,7 @@ class GradientPenalty(Regularizer):
     def attach(self, critic: nn.Module) -> None:
         _per_sample("The gradient penalty", critic)
 
-    def penalty(self, critic: Callable[[Tensor], Tensor], real: Tensor, fake: Tensor, critic_step: int,
+    def penalty(self, critic: Critic, real: Tensor, fake: Tensor, critic_step: int,
                 grad_scale: Callable[[], float]) -> tuple[Tensor | None, dict[str, Tensor]]:
         value = losses.gradient_penalty(critic, real, fake, grad_scale())
         return self.weight * value, {"gradient_penalty": value.detach()}
@@ -90,7 +93,7 @@ class R1(Regularizer):
     def attach(self, critic: nn.Module) -> None:
         _per_sample("R1", critic)
 
-    def penalty(self, critic: Callable[[Tensor], Tensor], real: Tensor, fake: Tensor, critic_step: int,
+    def penalty(self, critic: Critic, real: Tensor, fake: Tensor, critic_step: int,
                 grad_scale: Callable[[], float]) -> tuple[Tensor | None, dict[str, Tensor]]:
         if critic_step % self.interval:
             return None, {}

@@ -120,13 +120,22 @@ def _config_differences(saved: dict[str, Any], cfg: DictConfig) -> list[tuple[st
         node = OmegaConf.select(cfg, parent) if parent else cfg
         return isinstance(node, DictConfig) and leaf in node and OmegaConf.is_interpolation(node, leaf)
 
-    return [(k, theirs[k], ours[k]) for k in sorted(theirs.keys() & ours.keys())
-            if theirs[k] != ours[k] and not k.startswith(RESUME_MAY_CHANGE) and not copied(k)]
+    differences = [(k, theirs[k], ours[k]) for k in sorted(theirs.keys() & ours.keys())
+                   if theirs[k] != ours[k] and not k.startswith(RESUME_MAY_CHANGE) and not copied(k)]
+    for group in MODEL_PARTS:  # switched on or off: its keys are on one side only
+        mine, before = OmegaConf.select(cfg, f"model.{group}"), (saved.get("model") or {}).get(group)
+        if (mine is None) != (before is None):
+            differences.append((f"model.{group}", before and before["_target_"], mine and mine["_target_"]))
+    return differences
 
 
-def _variant_option(target: str) -> str | None:
-    """`retina_gans.models.WGAN` -> `wgan`: the conf/model option that builds it."""
-    for path in sorted((Path(__file__).resolve().parents[1] / "conf" / "model").glob("*.yaml")):
+# Config groups whose option lands in model.<group> (`# @package model.<group>`), null when off.
+MODEL_PARTS = ("augment", "ema")
+
+
+def _option(group: str, target: str) -> str | None:
+    """`retina_gans.models.WGAN` -> `wgan`: the conf/<group> option that builds it."""
+    for path in sorted((Path(__file__).resolve().parents[1] / "conf" / group).glob("*.yaml")):
         if OmegaConf.load(path).get("_target_") == target:
             return path.stem
     return None
@@ -144,7 +153,10 @@ def check_resume(checkpoint: dict[str, Any], cfg: DictConfig) -> None:
     fixes = []
     for key, theirs, _ in differences:
         if key == "model._target_":
-            fixes.append(f"model={_variant_option(theirs) or theirs}")
+            fixes.append(f"model={_option('model', theirs) or theirs}")
+        elif key.removeprefix("model.") in MODEL_PARTS:
+            group = key.removeprefix("model.")
+            fixes.append(f"{group}={_option(group, theirs) or theirs}" if theirs else f"~{group}")  # ~: off
         elif not (key.startswith("model.") and any(k == "model._target_" for k, _, _ in differences)):
             fixes.append(f"{key}={theirs}")
     changed = ", ".join(f"{k} {theirs} -> {ours}" for k, theirs, ours in differences)
@@ -179,10 +191,12 @@ def _checkpoint_dirs(cfg: DictConfig) -> list[Path]:
 
 
 def _checkpoint_bytes(cfg: DictConfig) -> int:
-    """About what one checkpoint of this model takes: fp32 weights and Adam's two moments, for both nets."""
-    params = sum(p.numel() for name in ("generator", "critic")
-                 for p in hydra.utils.instantiate(cfg.model[name]).parameters())
-    return 3 * 4 * params + (1 << 20)
+    """About what one checkpoint of this model takes: fp32 weights and Adam's two moments, for both nets, and the
+    EMA generator's weights when there is one."""
+    sizes = {name: sum(p.numel() for p in hydra.utils.instantiate(cfg.model[name]).parameters())
+             for name in ("generator", "critic")}
+    ema = sizes["generator"] if cfg.model.get("ema") else 0
+    return 4 * (3 * (sizes["generator"] + sizes["critic"]) + ema) + (1 << 20)
 
 
 def _check_writable(folder: Path) -> None:

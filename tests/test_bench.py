@@ -3,6 +3,7 @@ import math
 from pathlib import Path
 
 import pytest
+import torch
 
 from retina_gans.metrics import METRICS
 
@@ -70,6 +71,30 @@ def test_bench_tiny_reports_validation_run_machine_and_memory(tiny_report):
     assert set(report["versions"]) >= {"python", "torch", "lightning", "torchmetrics"}
     assert set(report["commit"]) == {"hash", "dirty"}
     assert report["settings"]["precision"] == "32-true" and report["settings"]["steps"] == 3
+
+
+@pytest.mark.slow
+def test_bench_tiny_times_each_option_on_both_paths_with_its_cost(synthetic_data_dir, tmp_path):
+    json_out = tmp_path / "bench.json"
+    report = main(["--tiny", "--device", "cpu", "--data-root", str(synthetic_data_dir), "--json-out", str(json_out),
+                   "--extractors", "retina_v2", "--models", "wgan_gp", "--options", "augment=ada", "ema=stylegan2",
+                   "--", "data.verify_md5=false"])
+    training = report["training"]
+    assert set(training) == {"wgan_gp", "wgan_gp+augment=ada", "wgan_gp+ema=stylegan2"}
+    for row, key in (("wgan_gp+augment=ada", "augment.p"), ("wgan_gp+ema=stylegan2", "ema._extra_state")):
+        for path in ("lightning", "bare"):
+            assert training[row][path]["batches"] == 3
+            assert training[row]["option_cost"][path] == pytest.approx(
+                training[row][path]["images_per_s"] / training["wgan_gp"][path]["images_per_s"])
+        saved = torch.load(json_out.with_suffix("") / row / "0" / "checkpoints" / "last.ckpt", weights_only=True)
+        assert key in saved["state_dict"]  # the option was on in that row's run
+
+
+def test_bench_refuses_an_unknown_option_in_one_line(capsys):
+    with pytest.raises(SystemExit) as exited:
+        main(["--options", "augment=flips"])
+    assert exited.value.code == 2
+    assert "--options: unknown ['augment=flips']; options: augment=ada augment=diffaugment ema=stylegan2" in capsys.readouterr().err
 
 
 def test_bench_refuses_float16_on_cpu():

@@ -7,7 +7,8 @@ from hydra.errors import MissingConfigException
 from retina_gans.models import GAN
 from tests.conftest import CONF_DIR, compose_config
 
-GROUPS = ["data", "model", "net", "metrics", "trainer", "accelerator", "logger", "callbacks", "experiment", "paths"]
+GROUPS = ["data", "model", "net", "augment", "ema", "metrics", "trainer", "accelerator", "logger", "callbacks",
+          "experiment", "paths"]
 
 
 def options(group: str) -> list[str]:

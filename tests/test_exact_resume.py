@@ -78,11 +78,16 @@ def _saved_batches(path: Path) -> int:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("extra", [[], ["model.conditional=true"]], ids=["unconditional", "conditional"])
-def test_sigkill_mid_epoch_then_resume_equals_the_uninterrupted_run(extra, synthetic_data_dir, tmp_path):
-    # conditional: batches carry grades, generated grades are drawn from the RNG, grade_counts is a saved buffer
+@pytest.mark.parametrize("options", [
+    [],
+    # conditional: batches carry grades, generated grades are drawn from the RNG, grade_counts is a saved buffer;
+    # the generator EMA and ADA (p adjusted every 2 critic steps, fast enough to move in 18): their state too
+    ["model.conditional=true", "ema=stylegan2", "augment=ada", "model.augment.interval=2",
+     "model.augment.adjust_images=2000"],
+], ids=["plain", "conditional+ema+ada"])
+def test_sigkill_mid_epoch_then_resume_equals_the_uninterrupted_run(options, synthetic_data_dir, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(PROJECT)}
-    args = [*RUN, f"data.root={synthetic_data_dir}", *extra]
+    args = [*RUN, f"data.root={synthetic_data_dir}", *options]
     whole = subprocess.run(_cli(*args, f"hydra.run.dir={tmp_path / 'whole'}"), env=env, cwd=tmp_path,
                            capture_output=True, text=True, timeout=600)
     assert whole.returncode == 0, whole.stderr[-3000:]
@@ -109,8 +114,9 @@ def test_sigkill_mid_epoch_then_resume_equals_the_uninterrupted_run(extra, synth
     b = torch.load(tmp_path / "resumed" / "checkpoints" / "last.ckpt", weights_only=True)
     assert a["gan_steps"] == b["gan_steps"] == {"critic": 18, "generator": 6}
     assert a["state_dict"].keys() == b["state_dict"].keys()
-    for key in a["state_dict"]:  # bit for bit: weights and BatchNorm running statistics
-        assert torch.equal(a["state_dict"][key], b["state_dict"][key]), key
+    for key in a["state_dict"]:  # bit for bit: weights, BatchNorm running statistics, the EMA and ADA's state
+        x, y = _flat_tensors(a["state_dict"][key]), _flat_tensors(b["state_dict"][key])
+        assert a["state_dict"][key] == b["state_dict"][key] if not x else all(map(torch.equal, x, y)), key
     opt_a, opt_b = _flat_tensors(a["optimizer_states"]), _flat_tensors(b["optimizer_states"])
     assert len(opt_a) == len(opt_b) and all(torch.equal(x, y) for x, y in zip(opt_a, opt_b))
     # Every logged row, step and epoch metrics and the validation metrics, as text.

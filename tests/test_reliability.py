@@ -90,6 +90,11 @@ CASES = [  # id, model, overrides (with {inputs}), exception, message (regex)
     ("accelerator", "lsgan", ["trainer.accelerator=quantum"], ConfigError, r"trainer.accelerator must be one of \['auto', 'cpu'"),
     ("precision", "lsgan", ["trainer.precision=8-true"], ConfigError, r"trainer.precision must be one of \['32-true'"),
     ("extractors", "lsgan", ["metrics.extractors=[fid]"], ConfigError, r"metrics.extractors must be 'auto' or a non-empty list drawn from \['retina_v2', 'retina', 'inception'\], got \['fid'\]"),
+    ("ema_half_life", "lsgan", ["ema=stylegan2", "model.ema.half_life_images=0"], ConfigError, r"model.ema.half_life_images must be a number > 0, got 0"),
+    ("diffaugment_policy", "lsgan", ["augment=diffaugment", "model.augment.policy=[color,flip]"], ConfigError, r"model.augment.policy must be a non-empty list drawn from \['color', 'translation', 'cutout'\], got \['color', 'flip'\]"),
+    ("ada_p", "lsgan", ["augment=ada", "model.augment.p=1.5"], ConfigError, r"model.augment.p must be a number in \[0, 1\], got 1.5"),
+    ("ada_target", "wgan", ["augment=ada", "model.augment.target=1"], ConfigError, r"model.augment.target must be null \(p fixed\) or a number in \(-1, 1\), got 1"),
+    ("ada_interval", "lsgan", ["augment=ada", "model.augment.interval=0"], ConfigError, r"model.augment.interval must be an integer >= 1, got 0"),
     ("guard_action", "lsgan", ["callbacks.divergence_guard.action=ignore"], ConfigError, r"divergence_guard.action must be one of \['stop', 'skip'\]"),
     ("save_interval", "lsgan", ["callbacks.last_checkpoint.every_n_train_batches=0"], ConfigError, r"every_n_train_batches must be null or an integer >= 1"),
     ("data_missing", "lsgan", ["data.root={inputs}/empty", "data.download=false"], DataFileError, r"RetinaMNIST file not found: .*empty/retinamnist.npz"),
@@ -107,6 +112,7 @@ CASES = [  # id, model, overrides (with {inputs}), exception, message (regex)
     ("ckpt_flipped_byte", "lsgan", ["ckpt_path={inputs}/ckpt/flipped_byte.ckpt"], CheckpointFileError, r"flipped_byte.ckpt (is corrupt \(bad CRC|cannot be loaded)"),
     ("ckpt_foreign_dict", "lsgan", ["ckpt_path={inputs}/ckpt/foreign_state_dict.ckpt"], CheckpointFileError, r"foreign_state_dict.ckpt is not a retina-gans training checkpoint \(missing state_dict"),
     ("ckpt_foreign_pickle", "lsgan", ["ckpt_path={inputs}/ckpt/foreign_pickle.ckpt"], CheckpointFileError, r"foreign_pickle.ckpt cannot be loaded \(UnpicklingError"),
+    ("ckpt_ema_switched_on", "lsgan", ["ckpt_path={inputs}/ckpt/mid_epoch.ckpt", "ema=stylegan2"], ConfigError, r"other settings than this run has \(model.ema None -> retina_gans.ema.GeneratorEMA\).*repeat them \(~ema\)"),
     ("ckpt_other_batch_size", "lsgan", ["ckpt_path={inputs}/ckpt/mid_epoch.ckpt", "data.batch_size=128"], ConfigError, r"other settings than this run has \(data.batch_size 256 -> 128\).*repeat them \(data.batch_size=256\)"),
 ]
 
@@ -129,13 +135,17 @@ def test_unknown_config_key_is_rejected_by_hydra():
         compose_config(["model.n_critc=3"])
 
 
-def test_a_bad_config_on_the_command_line_is_one_line_and_exit_code_2(tmp_path):
+@pytest.mark.parametrize("overrides, message", [
+    (["model.n_critic=0"], "error: model.n_critic must be an integer >= 1"),
+    (["augment=ada", "model.augment.adjust_images=0"], "error: model.augment.adjust_images must be a number > 0"),
+])
+def test_a_bad_config_on_the_command_line_is_one_line_and_exit_code_2(overrides, message, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(PROJECT)}
-    result = subprocess.run([sys.executable, "-m", "retina_gans.train", "model.n_critic=0", f"paths.log_dir={tmp_path}"],
+    result = subprocess.run([sys.executable, "-m", "retina_gans.train", *overrides, f"paths.log_dir={tmp_path}"],
                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 2
     output = result.stdout + result.stderr
-    assert "error: model.n_critic must be an integer >= 1" in output and "Traceback" not in output
+    assert message in output and "Traceback" not in output
 
 
 # ---- data download: atomic, offline --------------------------------------------------------------------

@@ -198,3 +198,43 @@ def test_ddp_validation_metrics_equal_single_process_ones(synthetic_data_dir, tm
     for name in ("val/fid_retina", "val/memorization", "val/kid_retina_mean", "val/is_retina"):
         assert ddp[name] == pytest.approx(single[name], rel=1e-5), name
 
+
+
+FIT_ADA_SCRIPT = """
+import json, sys
+from pathlib import Path
+import lightning as L
+from retina_gans.train import build
+from tests.conftest import compose_config
+
+class Record(L.Callback):
+    def __init__(self):
+        self.seen = []
+
+    def on_train_batch_end(self, trainer, gan, outputs, batch, batch_idx):
+        self.seen.append([gan.augment.p.item(), gan.augment.signal.item()])
+
+out, *overrides = sys.argv[1:]
+datamodule, gan, trainer = build(compose_config(overrides, Path(out)))
+record = Record()
+trainer.callbacks.append(record)
+trainer.fit(gan, datamodule=datamodule)
+Path(out, f"ada_rank{trainer.global_rank}.json").write_text(json.dumps({"seen": record.seen, "ema_images": gan.ema.images}))
+"""
+
+
+@pytest.mark.slow
+def test_ddp_ada_adapts_p_from_every_rank_and_the_ema_counts_every_rank(synthetic_data_dir, tmp_path):
+    # 2 ranks x batch 128: 5 critic steps per epoch (540 images per rank), 2 epochs; ADA adjusts after every critic step from the
+    # all-reduced signs of both ranks' real images, so p and the signal are the same on both ranks.
+    script = tmp_path / "fit.py"
+    script.write_text(FIT_ADA_SCRIPT)
+    result = run_python(script, str(tmp_path / "two"), "model=hinge", f"data.root={synthetic_data_dir}", *TINY,
+                        *NO_VALIDATION, "data.batch_size=128", "trainer.max_epochs=2", "accelerator=ddp",
+                        "trainer.accelerator=cpu", "trainer.devices=2", "augment=ada", "ema=stylegan2",
+                        "model.augment.interval=1", "model.augment.adjust_images=5000", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ranks = [json.loads((tmp_path / "two" / f"ada_rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0]["seen"] == ranks[1]["seen"] and len(ranks[0]["seen"]) == 10
+    assert any(p > 0 for p, _ in ranks[0]["seen"])  # p moved
+    assert ranks[0]["ema_images"] == ranks[1]["ema_images"] == 2 * 1080  # the global batch, every generator step

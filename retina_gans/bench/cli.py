@@ -27,6 +27,7 @@ from retina_gans.metrics.extractors import EXTRACTORS, INCEPTION_WEIGHTS_NAME
 from retina_gans.variants import search_dirs, variant_names
 
 N_TRAIN = INFO["retinamnist"]["n_samples"]["train"]  # 1080
+OPTION_GROUPS = ("augment", "ema")  # what --options switches on: parts any variant can add
 RATIO_KEYS = ("images_per_s", "generator_steps_per_s", "images_per_cpu_s")
 
 
@@ -52,6 +53,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--repeats", type=_int_at_least(1), help="windows per path, alternating Lightning and bare; the median "
                    "of each path is reported (default 5; tiny 1)")
     p.add_argument("--models", nargs="+", help="variants (conf/model/*.yaml; default: all of them)")
+    p.add_argument("--options", nargs="+", default=[], metavar="GROUP=OPTION",
+                   help="also time each model with each of these switched on, one at a time, as rows "
+                        "<model>+<option> (the files of conf/augment and conf/ema, e.g. augment=ada ema=stylegan2)")
     p.add_argument("--compile", action="store_true", help="model.compile=true (the WGAN-GP critic stays eager)")
     p.add_argument("--precision", choices=list(AUTOCAST_DTYPES), default="32-true")
     p.add_argument("--data-root", help="folder of retinamnist.npz (default: the config's, $RETINA_GANS_DATA)")
@@ -70,6 +74,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.models = args.models or known
     if set(args.models) - set(known):
         p.error(f"--models: unknown {sorted(set(args.models) - set(known))}; variants: {' '.join(known)}")
+    options = [f"{group}={f.stem}" for group in OPTION_GROUPS for f in sorted((CONF_DIR / group).glob("*.yaml"))]
+    if set(args.options) - set(options):
+        p.error(f"--options: unknown {sorted(set(args.options) - set(options))}; options: {' '.join(options)}")
     return args
 
 
@@ -145,17 +152,22 @@ def print_table(report: dict[str, Any]) -> None:
     s = report["settings"]
     print(f"\nretina-gans bench: {s['device']}, precision {s['precision']}, compile {s['compile']}, "
           f"batch {s['batch_size']}, {s['steps']} timed batches after {s['warmup']}, median of {s['repeats']} windows")
-    print(f"{'model':<9}{'path':<11}{'images/s':>10}{'gen steps/s':>13}{'s/batch':>10}")
+    w = max(9, *(len(row) + 1 for row in report["training"]))
+    print(f"{'model':<{w}}{'path':<11}{'images/s':>10}{'gen steps/s':>13}{'s/batch':>10}")
     for model, r in report["training"].items():
         for path in ("lightning", "bare"):
-            print(f"{model:<9}{path:<11}{r[path]['images_per_s']:>10.1f}{r[path]['generator_steps_per_s']:>13.2f}"
+            print(f"{model:<{w}}{path:<11}{r[path]['images_per_s']:>10.1f}{r[path]['generator_steps_per_s']:>13.2f}"
                   f"{r[path]['s_per_batch']:>10.4f}")
-        print(f"{model:<9}{'ratio':<11}{r['ratio']['images_per_s']:>10.3f}{r['ratio']['generator_steps_per_s']:>13.3f}"
+        print(f"{model:<{w}}{'ratio':<11}{r['ratio']['images_per_s']:>10.3f}{r['ratio']['generator_steps_per_s']:>13.3f}"
               f"   per repeat: {' '.join(f'{x:.3f}' for x in r['ratio_per_repeat'])}")
         o = r["overhead"]
-        print(f"{model:<9}{'overhead':<11}ms/batch: in step {o['in_step_ms']:.2f}, between steps "
+        print(f"{model:<{w}}{'overhead':<11}ms/batch: in step {o['in_step_ms']:.2f}, between steps "
               f"{o['between_steps_ms']:.2f}, checkpoints {o['checkpoint_ms']:.2f} ({o['checkpoints_per_window']:g} "
               f"per window, {o['one_save_ms']:.0f} ms each)")
+        if "option_cost" in r:
+            c = r["option_cost"]
+            print(f"{model:<{w}}{'cost':<11}images/s with the option / without: Lightning {c['lightning']:.3f}, "
+                  f"bare {c['bare']:.3f}")
     for name, v in report["validation"].items():
         if "skipped" in v:
             print(f"validation {name}: skipped ({v['skipped']})")
@@ -203,30 +215,37 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "machine": machine(device), "versions": versions(), "commit": commit(),
         "settings": {"device": args.device, "precision": args.precision, "compile": args.compile,
                      "batch_size": batch_size, "warmup": warmup, "steps": steps, "repeats": repeats, "tiny": args.tiny,
-                     "overrides": overrides, "models": args.models},
+                     "overrides": overrides, "models": args.models,
+                     "options": args.options},
         "training": {}, "validation": {}, "memory_by_phase": {},
     }
     memory(device)
     window_epochs = math.ceil((warmup + steps) / batches_per_epoch) + 1  # StepWindow stops the fit before that
-    for model in args.models:
+    rows = [(model, model, []) for model in args.models]  # (row name, model, its own overrides)
+    rows += [(f"{model}+{option}", model, [option]) for model in args.models for option in args.options]
+    for row, model, own in rows:
         windows: dict[str, list[dict[str, Any]]] = {"lightning": [], "bare": []}
         for repeat in range(repeats):  # alternating, so a slow spell of a shared machine hits both paths
             # the training window runs validation with the retina extractor only: no download, timed separately
             run_cfg = compose_config([f"model={model}", f"trainer.max_epochs={window_epochs}", "metrics.extractors=[retina_v2,retina]",
-                                      *overrides], run_dir / model / str(repeat))
+                                      *overrides, *own], run_dir / row / str(repeat))
             windows["lightning"].append(bench_lightning(run_cfg, warmup, steps))
-            report["memory_by_phase"][f"{model}/lightning/{repeat}"] = memory(device)  # each call resets the peak
+            report["memory_by_phase"][f"{row}/lightning/{repeat}"] = memory(device)  # each call resets the peak
             windows["bare"].append(bench_bare(run_cfg, warmup, steps, device))
-            report["memory_by_phase"][f"{model}/bare/{repeat}"] = memory(device)
+            report["memory_by_phase"][f"{row}/bare/{repeat}"] = memory(device)
         # Ratio: the median over repeats of each back-to-back (Lightning, bare) pair's ratio; a pair shares the
         # machine's state of the moment, two separate medians do not.
         pairs = list(zip(windows["lightning"], windows["bare"]))
         per_repeat = {k: [l[k] / b[k] for l, b in pairs] for k in RATIO_KEYS}
-        report["training"][model] = {
+        report["training"][row] = {
             "lightning": median_window(windows["lightning"]), "bare": median_window(windows["bare"]),
             "ratio": {k: statistics.median(v) for k, v in per_repeat.items()},
             "ratio_per_repeat": per_repeat["images_per_s"], "overhead": overhead(pairs), "repeats": windows,
         }
+        if own:  # the option's cost: its throughput against the same model's without it, per path
+            report["training"][row]["option_cost"] = {
+                path: report["training"][row][path]["images_per_s"] / report["training"][model][path]["images_per_s"]
+                for path in ("lightning", "bare")}
 
     n_val = args.val_samples or (8 if args.tiny else N_TRAIN)
     with tempfile.TemporaryDirectory() as tmp:

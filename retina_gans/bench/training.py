@@ -143,8 +143,9 @@ def train_images(cfg: DictConfig, device: torch.device) -> tuple[torch.Tensor, t
 
 def bench_bare(cfg: DictConfig, warmup: int, steps: int, device: torch.device) -> dict[str, Any]:
     """A plain PyTorch loop: the same nets, optimizers, batch size, n_critic, precision and compile, and the very
-    loss and constraint code of the Lightning path (the configured GAN's own `critic_loss`, `generator_loss` and
-    `constrain_critic`, called without a Trainer: no hooks, logging, checkpoints or optimizer wrappers)."""
+    loss, constraint, augmentation and EMA code of the Lightning path (the configured GAN's own `critic_loss`,
+    `generator_loss`, `end_critic_step` and `end_generator_step`, called without a Trainer: no hooks, logging,
+    checkpoints or optimizer wrappers)."""
     L.seed_everything(cfg.seed, verbose=False)
     gan = hydra.utils.instantiate(cfg.model).to(device)  # nets built (and compiled) as the Lightning path builds them
     generator, critic = gan.generator, gan.critic
@@ -167,14 +168,14 @@ def bench_bare(cfg: DictConfig, warmup: int, steps: int, device: torch.device) -
         gan.grade_counts.copy_(torch.bincount(labels, minlength=len(gan.grade_counts)))
     batch_size, n = cfg.data.batch_size, len(images)
     order = torch.Generator().manual_seed(cfg.seed)
-    batches = critic_steps = generator_steps = 0
+    batches = 0
     while batches < warmup + steps:
         permutation = torch.randperm(n, generator=order).to(device)  # one small copy per epoch
         for b in range(-(-n // batch_size)):
             if batches == warmup:
                 _sync(device)
                 start, cpu_start = time.perf_counter(), time.process_time()
-                counted_images, counted_generator_steps = 0, generator_steps
+                counted_images, counted_generator_steps = 0, gan.generator_steps
             batch = permutation[b * batch_size : (b + 1) * batch_size]
             real = images[batch]  # (B, C, H, W) in [-1, 1]
             real_grades = labels[batch] if gan.conditional else None  # (B,) or None, as the data module yields
@@ -183,16 +184,14 @@ def bench_bare(cfg: DictConfig, warmup: int, steps: int, device: torch.device) -
                     fake, fake_grades = gan.sample_fakes(real.shape[0])
                 loss, _ = gan.critic_loss(real, fake, real_grades, fake_grades)
             step(critic_opt, loss)
-            gan.constrain_critic()
-            critic_steps += 1
-            gan.critic_steps = critic_steps  # what a lazy regularizer (R1 every k steps) counts by
-            if critic_steps % n_critic == 0:
+            gan.end_critic_step()  # constraints, the step count (lazy regularizers read it), ADA's p
+            if gan.critic_steps % n_critic == 0:
                 critic.requires_grad_(False)  # what the Lightning path does: no critic weight gradients
                 with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
                     loss = gan.generator_loss(*gan.sample_fakes(real.shape[0]))
                 step(generator_opt, loss)
                 critic.requires_grad_(True)
-                generator_steps += 1
+                gan.end_generator_step(real.shape[0])  # the step count, the EMA
             batches += 1
             if batches > warmup:
                 counted_images += real.shape[0]
@@ -200,7 +199,7 @@ def bench_bare(cfg: DictConfig, warmup: int, steps: int, device: torch.device) -
                 break
     _sync(device)
     seconds, cpu_s = time.perf_counter() - start, time.process_time() - cpu_start
-    return _rates(counted_images, generator_steps - counted_generator_steps, steps, seconds, cpu_s)
+    return _rates(counted_images, gan.generator_steps - counted_generator_steps, steps, seconds, cpu_s)
 
 
 def bench_full_run(cfg: DictConfig) -> float:
