@@ -24,6 +24,7 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from retina_gans.overrides import override
 from retina_gans.variants import blog_variants, search_dirs, variant_names
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -170,8 +171,8 @@ def run_utility(root: Path, overrides: list[str]) -> int:
         for run in load_sweep(sweep_dir).runs:
             if not (run.usable and (run.config.get("model") or {}).get("conditional")):
                 continue
-            command = [sys.executable, "-m", "retina_gans.utility", f"ckpt_path={run.path}/checkpoints/last.ckpt",
-                       "overwrite=true", *data, f"hydra.run.dir={run.path}/utility"]
+            command = [sys.executable, "-m", "retina_gans.utility", override("ckpt_path", run.path / "checkpoints" / "last.ckpt"),
+                       "overwrite=true", *data, override("hydra.run.dir", run.path / "utility")]
             print("[compare] " + shlex.join(command), flush=True)
             failed += subprocess.run(command).returncode != 0
     return failed

@@ -31,6 +31,7 @@ from retina_gans.checkpointing import CheckpointFileError, completed_epochs, rea
 from retina_gans.config_validation import ConfigError, check_run_ends, validate
 from retina_gans.data import DataFileError
 from retina_gans.divergence import DivergenceError
+from retina_gans.overrides import override
 
 log = logging.getLogger(__name__)
 
@@ -235,7 +236,7 @@ def claim_run_folder(cfg: DictConfig) -> Iterator[Path]:
         if found and not (ckpt is not None and ckpt.is_relative_to(run_dir.resolve())):
             raise RunFolderError(
                 f"run folder {run_dir} already holds a run ({', '.join(found[:3])}); resume it with "
-                f"ckpt_path={run_dir}/checkpoints/last.ckpt, or choose another folder with hydra.run.dir=..."
+                f"{override('ckpt_path', run_dir / 'checkpoints' / 'last.ckpt')}, or choose another folder with hydra.run.dir=..."
             )
         lock.seek(0)
         lock.truncate()
@@ -276,7 +277,7 @@ def resume_command(cfg: DictConfig, *extra: str) -> str:
     replaced = ("ckpt_path=", "hydra.", *(e.split("=", 1)[0] + "=" for e in extra))
     keep = [o for o in overrides if not o.lstrip("+~").startswith(replaced)]
     last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
-    return shlex.join(["python", "-m", "retina_gans.train", *keep, *extra, f"ckpt_path={last}"])
+    return shlex.join(["python", "-m", "retina_gans.train", *keep, *extra, override("ckpt_path", last)])
 
 
 def _summary(trainer: L.Trainer, cfg: DictConfig) -> str:

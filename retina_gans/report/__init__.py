@@ -10,6 +10,7 @@ runs.py reads the jobs, stats.py does the seed statistics, figures.py draws, ren
 import json
 import math
 import re
+import shlex
 from datetime import datetime
 from importlib import metadata
 from pathlib import Path
@@ -19,6 +20,7 @@ from scipy.stats import t as scipy_t
 
 from retina_gans import variants
 from retina_gans.compare import git_commit, machine
+from retina_gans.overrides import override
 from retina_gans.report import figures
 from retina_gans.report.figures import model_name
 from retina_gans.report.render import Doc
@@ -484,7 +486,7 @@ def _utility_section(doc: Doc, sweep: Sweep) -> None:
         if path.is_file():
             found.setdefault(run.model, []).append(json.loads(path.read_text())["settings"])
         else:
-            missing.append(f"`python -m retina_gans.utility ckpt_path={run.path}/checkpoints/last.ckpt`")
+            missing.append(f"`python -m retina_gans.utility {shlex.quote(override('ckpt_path', Path(run.path) / 'checkpoints' / 'last.ckpt'))}`")
     rows = []
     for model, results in found.items():
         for setting in results[0]:

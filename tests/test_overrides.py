@@ -1,0 +1,35 @@
+"""Commands the project prints or runs name paths as Hydra overrides: they must parse back to the same path, also for
+a sweep's job folders (`0_experiment=blog,model=lsgan,seed=0`: '=' and ',' break Hydra's grammar unquoted)."""
+
+import shlex
+
+import pytest
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import OmegaConf
+
+from retina_gans.overrides import override
+from retina_gans.train import resume_command
+
+PATHS = [
+    "/runs/plain/checkpoints/last.ckpt",
+    "/logs/compare/x/blog/0_experiment=blog,model=lsgan,seed=0/checkpoints/last.ckpt",
+    "/a folder/it's [1,2]/last.ckpt",
+    "C:\\runs\\a=b\\last.ckpt",
+]
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_an_override_parses_back_to_the_same_value(path):
+    parsed = OverridesParser.create().parse_override(override("ckpt_path", path))
+    assert parsed.key_or_group == "ckpt_path" and parsed.value() == path
+
+
+def test_plain_paths_stay_unquoted():
+    assert override("ckpt_path", PATHS[0]) == f"ckpt_path={PATHS[0]}"
+
+
+def test_the_resume_command_of_a_sweep_job_names_its_checkpoint_correctly():
+    run = "/logs/compare/x/blog/0_experiment=blog,model=lsgan,seed=0"
+    command = shlex.split(resume_command(OmegaConf.create({"paths": {"output_dir": run}}), "trainer.max_epochs=100"))
+    parsed = OverridesParser.create().parse_overrides(command[3:])
+    assert {o.key_or_group: o.value() for o in parsed} == {"trainer.max_epochs": 100, "ckpt_path": f"{run}/checkpoints/last.ckpt"}
