@@ -362,3 +362,15 @@ def test_the_divergence_guard_stops_a_conditional_run_on_a_nan_batch(fast_config
     with pytest.raises(DivergenceError):
         train(fast_config("lsgan", "model.conditional=true", "debug.inject_nan_at_step=2",
                           "callbacks.divergence_guard.check_every_n_steps=1"))
+
+
+def test_the_reports_two_sample_test_covers_a_conditional_run(conditional_checkpoint):
+    from types import SimpleNamespace
+
+    from retina_gans.report import _two_sample_tests
+    from retina_gans.report.runs import COMPLETE, Run
+
+    run = Run(job="0_model=lsgan", path=conditional_checkpoint.parent.parent, labels={}, model="lsgan", section="blog",
+              seed="0", status=COMPLETE)
+    _two_sample_tests(SimpleNamespace(runs=[run]))  # it generates the train split's grade mix (it was *missing*)
+    assert run.c2st is not None and 0.0 <= run.c2st <= 1.0

@@ -158,9 +158,13 @@ def _two_sample_tests(sweep: Sweep) -> None:
     """The classifier two-sample test (registry's `c2st`) of each complete run's final model: 500 samples of its
     last.ckpt (noise seed 0) against the first 500 real train images (half of each to train the classifier, half to
     test it). Seconds per run on a CPU: too slow for validation; `evaluate` runs it on the whole split."""
+    import sys
+
+    import torch
+
     from retina_gans.metrics.c2st import c2st_accuracy
     from retina_gans.models import GAN
-    from retina_gans.sample import generate_samples
+    from retina_gans.sample import generate_samples, split_counts
 
     for run in sweep.runs:
         last = run.path / "checkpoints" / "last.ckpt" if run.path is not None else None
@@ -169,8 +173,13 @@ def _two_sample_tests(sweep: Sweep) -> None:
         try:
             gan = GAN.from_checkpoint(last)
             real = figures.real_samples(last, n=C2ST_SAMPLES)
-            run.c2st = float(c2st_accuracy(real, generate_samples(gan, len(real), 0, 500)))
-        except Exception:  # noqa: BLE001 - an unreadable checkpoint or missing data: the cell shows *missing*
+            grades = None
+            if gan.conditional:  # the train split's grade proportions, as the real side has them
+                counts = split_counts(gan.grade_counts.tolist(), len(real))
+                grades = torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(counts))
+            run.c2st = float(c2st_accuracy(real, generate_samples(gan, len(real), 0, 500, grades)))
+        except Exception as error:  # noqa: BLE001 - an unreadable checkpoint or missing data: the cell shows *missing*
+            print(f"report: no two-sample test for {run.job} ({type(error).__name__}: {error})", file=sys.stderr)
             run.c2st = None
 
 
