@@ -160,11 +160,9 @@ def _two_sample_tests(sweep: Sweep) -> None:
     test it). Seconds per run on a CPU: too slow for validation; `evaluate` runs it on the whole split."""
     import sys
 
-    import torch
-
     from retina_gans.metrics.c2st import c2st_accuracy
     from retina_gans.models import GAN
-    from retina_gans.sample import generate_samples, split_counts
+    from retina_gans.sample import generate_samples, grade_labels
 
     for run in sweep.runs:
         last = run.path / "checkpoints" / "last.ckpt" if run.path is not None else None
@@ -173,10 +171,7 @@ def _two_sample_tests(sweep: Sweep) -> None:
         try:
             gan = GAN.from_checkpoint(last)
             real = figures.real_samples(last, n=C2ST_SAMPLES)
-            grades = None
-            if gan.conditional:  # the train split's grade proportions, as the real side has them
-                counts = split_counts(gan.grade_counts.tolist(), len(real))
-                grades = torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(counts))
+            grades = grade_labels(gan, None, len(real))  # conditional: the train split's grade mix; else None
             run.c2st = float(c2st_accuracy(real, generate_samples(gan, len(real), 0, 500, grades)))
         except Exception as error:  # noqa: BLE001 - an unreadable checkpoint or missing data: the cell shows *missing*
             print(f"report: no two-sample test for {run.job} ({type(error).__name__}: {error})", file=sys.stderr)
