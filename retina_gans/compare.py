@@ -226,6 +226,13 @@ def check_arguments(seeds: int, budgets: list[str], models: list[str], overrides
                                                        *budget_overrides(budget, job_overrides)])
                 validate(cfg)
                 check_run_ends(cfg)
+            except ValueError as error:
+                nulled = [_key(o) for o in job_overrides if o.endswith("=null") and "." not in _key(o)]
+                if "Got NoneType" not in str(error) or not nulled:
+                    raise
+                raise ValueError(f"{error} (Hydra cannot set a config group to null: to switch off "
+                                 f"{', '.join(nulled)}, delete it: {' '.join('~' + k for k in nulled)} instead of "
+                                 f"{' '.join(k + '=null' for k in nulled)})") from None
             except HydraException as error:  # without Hydra's `+key` hint: a typo is not a key to add
                 lines = [line.strip() for line in str(error).splitlines() if line.strip()
                          and not line.strip().startswith(("To append", "full_key", "object_type"))]

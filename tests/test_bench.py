@@ -106,3 +106,13 @@ def test_median_window_is_one_real_window_of_median_throughput():
     windows = [{"images_per_s": 3.0, "id": "a"}, {"images_per_s": 1.0, "id": "b"}, {"images_per_s": 2.0, "id": "c"}]
     assert median_window(windows)["id"] == "c"
     assert median_window(windows[:2])["id"] == "b"  # even count: the lower of the two middle ones
+
+
+def test_bench_without_the_data_file_says_so_in_one_line_before_any_work(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--device", "cpu", "--tiny", "--data-root", str(tmp_path), "--json-out", str(tmp_path / "b.json"),
+              "data.download=false"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "RetinaMNIST file not found" in err[0] and str(tmp_path) in err[0]
+    assert not (tmp_path / "b.json").exists() and not (tmp_path / "b").exists()

@@ -260,3 +260,68 @@ def test_holm_and_welch_match_their_definitions():
     assert (tests["a", "b"].p, tests["a", "b"].t) == pytest.approx((reference.pvalue, reference.statistic))
     assert tests["a", "b"].difference == pytest.approx(1.0 - 3.0333333)
     assert sorted(c.p_holm for c in tests.values()) == pytest.approx(sorted(holm([c.p for c in tests.values()])))
+
+
+def _fake_part(part: Path, task: list[str], jobs: list[tuple[dict[str, str], float]]) -> None:
+    """A multirun folder as `compare` leaves it: multirun.yaml's task overrides, one completed job per entry
+    (its swept labels, its final FID_v2; precision falls as FID rises)."""
+    part.mkdir(parents=True)
+    OmegaConf.save(OmegaConf.create({"hydra": {"overrides": {"task": task}}}), part / "multirun.yaml")
+    for i, (labels, fid) in enumerate(jobs):
+        job = part / f"{i}_{','.join(f'{k}={v}' for k, v in labels.items())}"
+        (job / ".hydra").mkdir(parents=True)
+        fixed = [o for o in task if "," not in o and o.split("=")[0] not in labels]
+        (job / ".hydra" / "overrides.yaml").write_text(
+            "".join(f"- {o}\n" for o in fixed + [f"{k}={v}" for k, v in labels.items()]))
+        (job / "hparams.yaml").write_text("trainer.max_epochs: 2\n")
+        pd.DataFrame({"epoch": [0, 1], "step": [4, 9], "val/fid_retina_v2": [fid * 2, fid],
+                      "val/precision_retina_v2": [0.5, 1 / (1 + fid)], "val/recall_retina_v2": [0.2, 0.6 - fid / 10],
+                      "train/critic_steps": [5, 10], "train/generator_steps": [5, 10]}).to_csv(job / "metrics.csv",
+                                                                                            index=False)
+        (job / "job_status.json").write_text(json.dumps({"status": "completed"}))
+
+
+def test_report_names_budgets_and_ablations_apart_and_compares_a_model_across_them(tmp_path):
+    """`compare --budgets blog,small_data` beside `compare --budgets small_data --models nsgan ema=null` and an
+    `augment=null,ada` sweep, in one folder: each option set is its own section (named by what sets it apart), and
+    *Across sections* puts one model's sections side by side with Welch tests against the best."""
+    root = tmp_path / "all"
+    fids = {"blog": {"lsgan": [3.0, 3.4], "nsgan": [1.1, 1.2]}, "small_data": {"lsgan": [2.0, 2.2], "nsgan": [0.5, 0.52]}}
+    for budget, by_model in fids.items():
+        _fake_part(root / budget, [f"experiment={budget}", "model=lsgan,nsgan", "seed=0,1"],
+                   [({"experiment": budget, "model": m, "seed": str(s)}, f) for m, fs in by_model.items()
+                    for s, f in enumerate(fs)])
+    _fake_part(root / "noema", ["experiment=small_data", "model=nsgan", "seed=0,1", "ema=null"],
+               [({"seed": "0"}, 0.9), ({"seed": "1"}, 0.95)])
+    _fake_part(root / "aug", ["experiment=small_data", "model=nsgan", "seed=0,1", "augment=null,ada"],
+               [({"augment": a, "seed": str(s)}, f) for a, fs in (("null", [3.0, 3.3]), ("ada", [0.6, 0.5]))
+                for s, f in enumerate(fs)])
+    text = (build_report(root, c2st=False) / "report.md").read_text()
+    for section in ("blog", "small_data", "small_data, ema=null", "small_data, augment=null", "small_data, augment=ada"):
+        assert f"## Budget: {section}\n" in text, section
+    answer = text.split("## Answer\n\n", 1)[1].split("\n## ", 1)[0]
+    assert "**blog:**" in answer and "**small_data:**" in answer
+    assert "**small_data, " not in answer and "no answer yet" not in answer  # one-model sections: no sentence
+    tables = md_tables(text)
+    nsgan = {row["section"]: row for row in tables["NS-GAN"]}
+    # the comparisons' sections first (the most models), then the ablations in folder order
+    assert list(nsgan) == ["blog", "**small_data**", "small_data, augment=null", "small_data, augment=ada",
+                           "small_data, ema=null"]
+    assert nsgan["**small_data**"]["vs best: p (FID (retina_v2))"] == "best"
+    assert nsgan["**small_data**"]["final FID (retina_v2)"] == "0.510 ± 0.014"
+    p_blog = scipy_stats.ttest_ind([0.5, 0.52], [1.1, 1.2], equal_var=False).pvalue
+    p_null = scipy_stats.ttest_ind([0.5, 0.52], [3.0, 3.3], equal_var=False).pvalue
+    p_ema = scipy_stats.ttest_ind([0.5, 0.52], [0.9, 0.95], equal_var=False).pvalue
+    p_ada = scipy_stats.ttest_ind([0.5, 0.52], [0.6, 0.5], equal_var=False).pvalue
+    adjusted = dict(zip(["blog", "small_data, ema=null", "small_data, augment=null", "small_data, augment=ada"],
+                        holm([p_blog, p_ema, p_null, p_ada])))
+    for section, q in adjusted.items():
+        assert nsgan[section]["vs best: p (FID (retina_v2))"] == f"{q:.2g}{'*' if q < 0.05 else ''}", section
+    lsgan = [row["section"] for row in tables["LS-GAN"]]
+    assert lsgan == ["blog", "**small_data**"]
+
+
+def test_compare_says_how_to_switch_off_a_group_the_budget_chooses(capsys):
+    assert compare_main(["--dry-run", "--budgets", "small_data", "--models", "nsgan", "ema=null"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "delete it: ~ema instead of ema=null" in err

@@ -23,6 +23,7 @@ from retina_gans.bench.training import (
     AUTOCAST_DTYPES, CONF_DIR, TINY, bench_bare, bench_full_run, bench_lightning, compose_config,
 )
 from retina_gans.bench.validation import bench_validation, random_inception_weights
+from retina_gans.data import DataFileError, ensure_data_file
 from retina_gans.metrics.extractors import EXTRACTORS, INCEPTION_WEIGHTS_NAME
 from retina_gans.variants import search_dirs, variant_names
 
@@ -202,6 +203,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     overrides += [f"data.root={args.data_root}"] if args.data_root else []
     overrides += (TINY if args.tiny else []) + args.overrides
     cfg = compose_config([f"model={args.models[0]}", *overrides], run_dir)
+    try:  # before any work: a missing or wrong data file is one line, not a traceback minutes in
+        ensure_data_file(cfg.data.root, cfg.data.size, download=cfg.data.download, verify_md5=cfg.data.verify_md5)
+    except DataFileError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
     batch_size = cfg.data.batch_size
     batches_per_epoch = math.ceil(N_TRAIN / batch_size)
     steps = args.steps or (3 if args.tiny else 5 * batches_per_epoch)  # whole epochs: epoch-end costs included

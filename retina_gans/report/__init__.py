@@ -26,6 +26,7 @@ from retina_gans.report.figures import model_name
 from retina_gans.report.render import Doc
 from retina_gans.report.runs import COMPLETE, Run, Sweep, load_sweep
 from retina_gans.report.stats import Summary, pairwise_welch, summarize
+from retina_gans.report.stats import holm as stats_holm
 from retina_gans.metrics.registry import METRICS, direction, extractor_of_key, metric_for_key
 
 EXTRACTOR_ORDER = {"retina_v2": 0, "retina": 1, "inception": 2}
@@ -206,6 +207,7 @@ def build_report(sweep_dir: str | Path, out_dir: str | Path | None = None, c2st:
               "means, intervals and tests; the others are listed in *Runs* with their state and latest values.")
     _answer(doc, sweep, main, columns)
     _how_to_read(doc, sorted({sum(r.status == COMPLETE for r in rs) for rs in _by_model(sweep.runs).values()} - {0, 1}))
+    _across_sections(doc, sweep, columns, main)
     _runs_section(doc, sweep, table, main, next((c[0] for c in columns if c[1] == main), main.removeprefix("val/")))
     for section in dict.fromkeys(r.section for r in sweep.runs):
         _section(doc, section, [r for r in sweep.runs if r.section == section], columns, main, out)
@@ -237,6 +239,8 @@ def _answer(doc: Doc, sweep: Sweep, main: str, columns: list[tuple[str, str, str
         by_model = _by_model([r for r in sweep.runs if r.section == section])
         complete = {m: [r.final(main) for r in rs if r.status == COMPLETE] for m, rs in by_model.items()}
         stats = {m: s for m, values in complete.items() if (s := summarize(values)) is not None}
+        if len(by_model) < 2:  # an ablation's or a budget's one-model section: *Across sections* compares it
+            continue
         if len(stats) < 2:
             sentences.append(f"**{section}:** no answer yet: fewer than two models have a complete run with a final "
                              f"{main_label}.")
@@ -276,6 +280,65 @@ def _answer(doc: Doc, sweep: Sweep, main: str, columns: list[tuple[str, str, str
         sentences.append(f"**{section}:** {model_name(best)} has the lowest final {main_label} ({cells}); its lead "
                          f"{'; '.join(leads)}. {agreement} Caveats: {'; '.join(caveats)}.")
     doc.p("\n\n".join(sentences))
+
+
+ACROSS_METRICS = ("fid", "precision", "recall", "coverage")  # the main extractor's; the Welch columns: first three
+
+
+def _across_sections(doc: Doc, sweep: Sweep, columns: list[tuple[str, str, str]], main: str) -> None:
+    """Per model found in two or more sections (budgets, or an ablation's options: `compare --budgets small_data
+    ema=null` beside `compare --budgets blog,small_data`, in one folder): one row per section, and whether the
+    section best on the main metric beats each other one beyond the seed spread (Welch, Holm over the rows)."""
+    sections = list(dict.fromkeys(r.section for r in sweep.runs))
+    width = {s: len({r.model for r in sweep.runs if r.section == s}) for s in sections}
+    sections.sort(key=lambda s: -width[s])  # the comparisons (most models) first, then one-model ablations; stable
+    models = {m: [s for s in sections if any(r.model == m and r.section == s and r.status == COMPLETE
+                                             for r in sweep.runs)] for m in _by_model(sweep.runs)}
+    models = {m: ss for m, ss in models.items() if len(ss) >= 2}
+    if not models:
+        return
+    ext = extractor_of_key(main)
+    keyed = {k.removeprefix("val/").split("_")[0]: (label, k, better) for label, k, better in columns
+             if extractor_of_key(k) == ext}
+    shown = [keyed[name] for name in ACROSS_METRICS if name in keyed]
+    main_col = next((c for c in shown if c[1] == main), None)
+    if main_col is None:
+        return
+    tested = [c for c in shown if c[2] in ("lower", "higher")][:3]
+    doc.h(2, "Across sections")
+    doc.p("The same model under each budget or option set of this folder (final values of complete runs, mean ± sd "
+          f"over seeds). The last columns test whether the section with the best final {main_col[0]} differs from "
+          "each other section beyond the seed spread: Welch's t-test, Holm-corrected over that model's other "
+          "sections, per metric; *p < 0.05* marks a difference the seeds support.")
+    for model, names in models.items():
+        runs = {s: [r for r in sweep.runs if r.model == model and r.section == s and r.status == COMPLETE]
+                for s in names}
+        values = {s: {k: [r.final(k) for r in rs] for _, k, _ in shown} for s, rs in runs.items()}
+        means = {s: summarize(v[main]) for s, v in values.items()}
+        best = min((s for s in names if means[s] is not None),
+                   key=lambda s: means[s].mean if main_col[2] == "lower" else -means[s].mean)
+        p_values = {}
+        for label, key, _ in tested:
+            others = [s for s in names if s != best]
+            raw = []
+            for s in others:
+                c = pairwise_welch({best: values[best][key], s: values[s][key]})
+                raw.append(c[0].p if c and math.isfinite(c[0].p) else math.nan)
+            adjusted = stats_holm([p if math.isfinite(p) else 1.0 for p in raw])
+            for s, p, q in zip(others, raw, adjusted):
+                p_values[(s, key)] = "n/a" if not math.isfinite(p) else f"{q:.2g}{'*' if q < 0.05 else ''}"
+        header = ["section", "complete seeds", *[f"final {label}" for label, _, _ in shown], "generator steps",
+                  "wall time (min)", *[f"vs best: p ({label})" for label, _, _ in tested]]
+        rows = []
+        for s in names:
+            rs = runs[s]
+            rows.append([f"**{s}**" if s == best else s, str(len(rs)),
+                         *[fmt_summary(summarize(values[s][k]), len(rs))[0] for _, k, _ in shown],
+                         fmt_summary(summarize([r.final("train/generator_steps") for r in rs]), len(rs))[0],
+                         fmt_summary(summarize([_minutes(r) for r in rs]), len(rs))[0],
+                         *["best" if s == best else p_values[(s, k)] for _, k, _ in tested]])
+        doc.h(3, model_name(model))
+        doc.table(header, rows)
 
 
 def _how_to_read(doc: Doc, seed_counts: list[int]) -> None:

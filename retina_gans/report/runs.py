@@ -87,7 +87,8 @@ def _parse_overrides(overrides: list[str]) -> dict[str, list[str]]:
     """Hydra override strings -> key -> values (one value unless it is a sweep), as Hydra's sweeper reads them."""
     parsed = OverridesParser.create().parse_overrides(overrides)
     return {
-        o.key_or_group: list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.get_value_element_as_str()]
+        o.key_or_group: list(o.sweep_string_iterator()) if o.is_sweep_override()
+        else ["null" if o.is_delete() else o.get_value_element_as_str()]  # `~ema`: no EMA, whatever it names
         for o in parsed
     }
 
@@ -184,8 +185,30 @@ def _section_keys(group_keys: list[str]) -> list[str]:
     return [k for k in group_keys if k != "model"] or ["experiment"]
 
 
-def load_run(run_dir: Path, root: Path, group_keys: list[str]) -> Run:
-    """One job folder; `root` is the folder the report is about (job names are relative to it)."""
+# Overrides that say where, how or under which name a run runs, not what it trains: not part of a section's name.
+NOT_IN_SECTION = ("experiment", "model", "seed", "task_name", "hydra", "callbacks", "paths", "accelerator", "logger",
+                  "trainer.accelerator", "trainer.devices", "trainer.num_nodes", "data.root", "ckpt_path")
+
+
+def _in_section(key: str) -> bool:
+    return not any(key == p or key.startswith((p + ".", p + "/")) for p in NOT_IN_SECTION)
+
+
+def section_label(group_keys: list[str], known: dict[str, str], distinct: dict[str, str]) -> str:
+    """A section's name: the budget (`experiment`), then `key=value` for each other swept key and for each
+    `distinct` override (one that this multirun fixed and another multirun of the folder did not, or differently),
+    e.g. `small_data, ema=null` for `compare --budgets small_data ema=null` beside `compare --budgets small_data`
+    in one folder: runs that differ in what they train never share a section."""
+    keys = _section_keys(group_keys)
+    parts = [known.get("experiment") or ("none" if keys == ["experiment"] else "")]
+    parts += [f"{k}={known.get(k) or 'none'}" for k in keys if k != "experiment"]
+    parts += [f"{k}={v}" for k, v in distinct.items() if k not in keys]
+    return ", ".join(p for p in parts if p) or "none"
+
+
+def load_run(run_dir: Path, root: Path, group_keys: list[str], distinct: dict[str, str] | None = None) -> Run:
+    """One job folder; `root` is the folder the report is about (job names are relative to it); `distinct`: see
+    `section_label`."""
     choices = _choices(run_dir)
     config = {}
     try:
@@ -200,9 +223,10 @@ def load_run(run_dir: Path, root: Path, group_keys: list[str]) -> Run:
             overrides = [str(o) for o in json.loads((run_dir / STATUS_FILE).read_text()).get("overrides") or []]
         except (OSError, ValueError, AttributeError):
             overrides = []
-    labels = {k: v[0] for k, v in _parse_overrides(overrides).items() if k in group_keys + ["seed"]}
+    parsed = {k: v[0] for k, v in _parse_overrides(overrides).items()}
+    labels = {k: v for k, v in parsed.items() if k in group_keys + ["seed"]}
     model = labels.get("model") or choices.get("model") or "?"
-    section = ", ".join(labels.get(k) or choices.get(k) or "none" for k in _section_keys(group_keys))
+    section = section_label(group_keys, {**choices, **parsed}, distinct or {})
     seed = labels.get("seed") or str(config.get("seed", "?"))
     run = Run(str(run_dir.relative_to(root)), run_dir, labels, model, section, seed, overrides=overrides,
               config_text=config_text, config=config)
@@ -231,17 +255,20 @@ def _job_order(path: Path) -> tuple[int, str]:
     return (int(head) if head.isdigit() else 1 << 30, path.name)
 
 
-def _load_multirun(sweep_dir: Path, root: Path) -> tuple[list[Run], list[str]]:
-    """The runs of one multirun folder, plus a `not started` run for each job it listed but never made."""
+def _load_multirun(sweep_dir: Path, root: Path, distinct: dict[str, str] | None = None) -> tuple[list[Run], list[str]]:
+    """The runs of one multirun folder, plus a `not started` run for each job it listed but never made; `distinct`:
+    its fixed overrides that set it apart from the folder's other multiruns (they name its sections)."""
     fixed, swept, expected = _expected_jobs(sweep_dir)
+    distinct = distinct or {}
     group_keys = [k for k in swept if k != "seed"] or ["experiment"]
     if "model" not in group_keys:
         group_keys.append("model")
-    runs = [load_run(p, root, group_keys) for p in sorted(sweep_dir.iterdir(), key=_job_order) if _is_job_dir(p)]
+    runs = [load_run(p, root, group_keys, distinct) for p in sorted(sweep_dir.iterdir(), key=_job_order)
+            if _is_job_dir(p)]
     for labels in expected:
         if not any(all(r.labels.get(k) == v for k, v in labels.items()) for r in runs):
             known = {**fixed, **labels}
-            section = ", ".join(known.get(k, "none") for k in _section_keys(group_keys))
+            section = section_label(group_keys, known, distinct)
             name = str((sweep_dir / ",".join(f"{k}={v}" for k, v in labels.items())).relative_to(root))
             runs.append(Run(name, None, labels, labels.get("model", "?"), section, labels.get("seed", "?"),
                             status=NOT_STARTED, detail="no job folder yet"))
@@ -254,8 +281,10 @@ def load_sweep(sweep_dir: str | Path) -> Sweep:
     parts = [root] if (root / "multirun.yaml").exists() or any(_is_job_dir(p) for p in root.iterdir()) else [
         p for p in sorted(root.iterdir()) if p.is_dir() and (p / "multirun.yaml").exists()]
     runs, group_keys = [], []
+    fixed = {part: {k: v for k, v in _expected_jobs(part)[0].items() if _in_section(k)} for part in parts}
+    differ = {k for f in fixed.values() for k in f if len({g.get(k) for g in fixed.values()}) > 1}
     for part in parts:
-        part_runs, keys = _load_multirun(part, root)
+        part_runs, keys = _load_multirun(part, root, {k: v for k, v in fixed[part].items() if k in differ})
         runs += part_runs
         group_keys += [k for k in keys if k not in group_keys]
     try:
