@@ -273,11 +273,13 @@ def _fake_part(part: Path, task: list[str], jobs: list[tuple[dict[str, str], flo
         fixed = [o for o in task if "," not in o and o.split("=")[0] not in labels]
         (job / ".hydra" / "overrides.yaml").write_text(
             "".join(f"- {o}\n" for o in fixed + [f"{k}={v}" for k, v in labels.items()]))
-        (job / "hparams.yaml").write_text("trainer.max_epochs: 2\n")
-        pd.DataFrame({"epoch": [0, 1], "step": [4, 9], "val/fid_retina_v2": [fid * 2, fid],
-                      "val/precision_retina_v2": [0.5, 1 / (1 + fid)], "val/recall_retina_v2": [0.2, 0.6 - fid / 10],
-                      "train/critic_steps": [5, 10], "train/generator_steps": [5, 10]}).to_csv(job / "metrics.csv",
-                                                                                            index=False)
+        (job / "hparams.yaml").write_text("trainer.max_epochs: 6\n")
+        epochs = list(range(6))  # FID 6x, 5x, ... 1x the final value
+        pd.DataFrame({"epoch": epochs, "step": [5 * e + 4 for e in epochs],
+                      "val/fid_retina_v2": [fid * (6 - e) for e in epochs],
+                      "val/precision_retina_v2": [1 / (1 + fid)] * 6, "val/recall_retina_v2": [0.6 - fid / 10] * 6,
+                      "train/critic_steps": [5 * e + 5 for e in epochs],
+                      "train/generator_steps": [5 * e + 5 for e in epochs]}).to_csv(job / "metrics.csv", index=False)
         (job / "job_status.json").write_text(json.dumps({"status": "completed"}))
 
 
@@ -309,6 +311,9 @@ def test_report_names_budgets_and_ablations_apart_and_compares_a_model_across_th
                            "small_data, ema=null"]
     assert nsgan["**small_data**"]["vs best: p (FID (retina_v2))"] == "best"
     assert nsgan["**small_data**"]["final FID (retina_v2)"] == "0.510 ± 0.014"
+    # per run: mean and sd of FID x (5, 4, 3, 2, 1), i.e. 3x and 1.58x the final value; then over the two seeds
+    assert nsgan["**small_data**"]["last 5 validations: mean / swing of FID (retina_v2)"] == \
+        f"1.530 ± 0.042 / {0.51 * np.std([5, 4, 3, 2, 1], ddof=1):.3f} ± {0.02 / 2 ** 0.5 * np.std([5, 4, 3, 2, 1], ddof=1):.3f}"
     p_blog = scipy_stats.ttest_ind([0.5, 0.52], [1.1, 1.2], equal_var=False).pvalue
     p_null = scipy_stats.ttest_ind([0.5, 0.52], [3.0, 3.3], equal_var=False).pvalue
     p_ema = scipy_stats.ttest_ind([0.5, 0.52], [0.9, 0.95], equal_var=False).pvalue

@@ -283,6 +283,7 @@ def _answer(doc: Doc, sweep: Sweep, main: str, columns: list[tuple[str, str, str
 
 
 ACROSS_METRICS = ("fid", "precision", "recall", "coverage")  # the main extractor's; the Welch columns: first three
+LATE = 5  # validations at the end of a run averaged in *Across sections* (an unstable run's final value is luck)
 
 
 def _across_sections(doc: Doc, sweep: Sweep, columns: list[tuple[str, str, str]], main: str) -> None:
@@ -309,7 +310,9 @@ def _across_sections(doc: Doc, sweep: Sweep, columns: list[tuple[str, str, str]]
     doc.p("The same model under each budget or option set of this folder (final values of complete runs, mean ± sd "
           f"over seeds). The last columns test whether the section with the best final {main_col[0]} differs from "
           "each other section beyond the seed spread: Welch's t-test, Holm-corrected over that model's other "
-          "sections, per metric; *p < 0.05* marks a difference the seeds support.")
+          "sections, per metric; *p < 0.05* marks a difference the seeds support. *Last validations*: per run, the "
+          f"mean of its last {LATE} validations and their sd (how far the run still swings at its end), then mean ± "
+          "sd of those over seeds: a run whose metric oscillates can end on a lucky or an unlucky epoch.")
     for model, names in models.items():
         runs = {s: [r for r in sweep.runs if r.model == model and r.section == s and r.status == COMPLETE]
                 for s in names}
@@ -327,13 +330,17 @@ def _across_sections(doc: Doc, sweep: Sweep, columns: list[tuple[str, str, str]]
             adjusted = stats_holm([p if math.isfinite(p) else 1.0 for p in raw])
             for s, p, q in zip(others, raw, adjusted):
                 p_values[(s, key)] = "n/a" if not math.isfinite(p) else f"{q:.2g}{'*' if q < 0.05 else ''}"
-        header = ["section", "complete seeds", *[f"final {label}" for label, _, _ in shown], "generator steps",
+        header = ["section", "complete seeds", *[f"final {label}" for label, _, _ in shown],
+                  f"last {LATE} validations: mean / swing of {main_col[0]}", "generator steps",
                   "wall time (min)", *[f"vs best: p ({label})" for label, _, _ in tested]]
         rows = []
         for s in names:
             rs = runs[s]
+            late = [r.late(main, LATE) for r in rs]
             rows.append([f"**{s}**" if s == best else s, str(len(rs)),
                          *[fmt_summary(summarize(values[s][k]), len(rs))[0] for _, k, _ in shown],
+                         f"{fmt_summary(summarize([v[0] if v else None for v in late]), len(rs))[0]} / "
+                         f"{fmt_summary(summarize([v[1] if v else None for v in late]), len(rs))[0]}",
                          fmt_summary(summarize([r.final("train/generator_steps") for r in rs]), len(rs))[0],
                          fmt_summary(summarize([_minutes(r) for r in rs]), len(rs))[0],
                          *["best" if s == best else p_values[(s, k)] for _, k, _ in tested]])

@@ -66,6 +66,15 @@ class Run:
         values = self.series(key)
         return float(values.iloc[-1]) if len(values) else None
 
+    def late(self, key: str, last: int = 5) -> tuple[float, float] | None:
+        """(mean, sd) of the last `last` logged values: where a run ends up, less the luck of its final epoch;
+        the sd is how much it still swings there (None with fewer values)."""
+        values = self.series(key)
+        if len(values) < last:
+            return None
+        tail = values.iloc[-last:]
+        return float(tail.mean()), float(tail.std(ddof=1))
+
     def best(self, key: str, lower_is_better: bool) -> tuple[float, int] | None:
         """(best value, its epoch) over the logged epochs."""
         values = self.series(key)
