@@ -312,7 +312,8 @@ def _across_sections(doc: Doc, sweep: Sweep, columns: list[tuple[str, str, str]]
           "each other section beyond the seed spread: Welch's t-test, Holm-corrected over that model's other "
           "sections, per metric; *p < 0.05* marks a difference the seeds support. *Last validations*: per run, the "
           f"mean of its last {LATE} validations and their sd (how far the run still swings at its end), then mean ± "
-          "sd of those over seeds: a run whose metric oscillates can end on a lucky or an unlucky epoch.")
+          "sd of those over seeds: a run whose metric oscillates can end on a lucky or an unlucky epoch (compare it "
+          "between sections with the same `check_val_every_n_epoch`: it spans that many epochs times 5).")
     for model, names in models.items():
         runs = {s: [r for r in sweep.runs if r.model == model and r.section == s and r.status == COMPLETE]
                 for s in names}
