@@ -288,7 +288,7 @@ LATE = 5  # validations at the end of a run averaged in *Across sections* (an un
 
 def _across_sections(doc: Doc, sweep: Sweep, columns: list[tuple[str, str, str]], main: str) -> None:
     """Per model found in two or more sections (budgets, or an ablation's options: `compare --budgets small_data
-    ema=null` beside `compare --budgets blog,small_data`, in one folder): one row per section, and whether the
+    ~ema` beside `compare --budgets blog,small_data`, in one folder): one row per section, and whether the
     section best on the main metric beats each other one beyond the seed spread (Welch, Holm over the rows)."""
     sections = list(dict.fromkeys(r.section for r in sweep.runs))
     width = {s: len({r.model for r in sweep.runs if r.section == s}) for s in sections}

@@ -206,7 +206,7 @@ def _in_section(key: str) -> bool:
 def section_label(group_keys: list[str], known: dict[str, str], distinct: dict[str, str]) -> str:
     """A section's name: the budget (`experiment`), then `key=value` for each other swept key and for each
     `distinct` override (one that this multirun fixed and another multirun of the folder did not, or differently),
-    e.g. `small_data, ema=null` for `compare --budgets small_data ema=null` beside `compare --budgets small_data`
+    e.g. `small_data, ema=null` for `compare --budgets small_data ~ema` beside `compare --budgets small_data`
     in one folder: runs that differ in what they train never share a section."""
     keys = _section_keys(group_keys)
     parts = [known.get("experiment") or ("none" if keys == ["experiment"] else "")]
