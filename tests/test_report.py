@@ -284,9 +284,9 @@ def _fake_part(part: Path, task: list[str], jobs: list[tuple[dict[str, str], flo
 
 
 def test_report_names_budgets_and_ablations_apart_and_compares_a_model_across_them(tmp_path):
-    """`compare --budgets blog,small_data` beside `compare --budgets small_data --models nsgan ~ema` and an
-    `~augment` and an `augment=ada` run, in one folder: each option set is its own section (named by what sets it apart), and
-    *Across sections* puts one model's sections side by side with Welch tests against the best."""
+    """`compare --budgets blog,small_data` beside `compare --budgets small_data --models nsgan` runs with `~ema`,
+    `~augment` and `augment=ada`, in one folder: each option set is its own section (named by what sets it apart),
+    and *Across sections* puts one model's sections side by side with Welch tests against the best."""
     root = tmp_path / "all"
     fids = {"blog": {"lsgan": [3.0, 3.4], "nsgan": [1.1, 1.2]}, "small_data": {"lsgan": [2.0, 2.2], "nsgan": [0.5, 0.52]}}
     for budget, by_model in fids.items():
