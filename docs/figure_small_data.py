@@ -1,13 +1,13 @@
 #!/usr/bin/env python
-# usage: python docs/figure_small_data.py <blog grid PNG> <small_data grid PNG> <out PNG>
-# The README's small-data figure: 32 real train images, and the final fixed-noise grid (first 32) of seed 0 of
-# NS-GAN at experiment=blog and at experiment=small_data (EMA generator), one above the other at 3x, nearest neighbour.
+# usage: RETINA_GANS_DATA=<folder> python docs/figure_small_data.py OUT.png "TITLE::GRID.png" ...
+# The README's small-data figure: 32 real train images, then the first 32 images (4 rows) of each run's final
+# fixed-noise grid (samples/epoch_NNNN.png), one panel above the other at 3x, nearest neighbour.
 import os
 import sys
 import numpy as np
 from PIL import Image, ImageDraw
 
-blog, small, out = sys.argv[1:4]
+out, runs = sys.argv[1], [a.split("::", 1) for a in sys.argv[2:]]
 real = np.array([np.array(Image.fromarray(im).convert("L"))  # ITU-R 601-2 luma, as the data module does
                  for im in np.load(os.path.join(os.environ.get("RETINA_GANS_DATA", "data"), "retinamnist.npz"))["train_images"][:32]])
 pad = 2
@@ -20,8 +20,7 @@ def tile(images):  # (32, 28, 28) -> 4 rows x 8 columns with 2-px black gaps, as
 def grid_rows(path):  # the first 4 rows of an 8x8 make_grid PNG
     g = np.array(Image.open(path).convert("L"))
     return g[: 4 * 30 + pad]
-panels = [("real (train)", tile(real)), ("NS-GAN, blog (50 epochs)", grid_rows(blog)),
-          ("NS-GAN, small_data (300 epochs, EMA)", grid_rows(small))]
+panels = [("real (train)", tile(real))] + [(title, grid_rows(path)) for title, path in runs]
 scale, head = 3, 22
 w = panels[0][1].shape[1] * scale
 h = sum(p.shape[0] * scale + head for _, p in panels)
