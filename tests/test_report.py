@@ -331,3 +331,19 @@ def test_compare_says_how_to_switch_off_a_group_the_budget_chooses(capsys):
     assert compare_main(["--dry-run", "--budgets", "small_data", "--models", "nsgan", "ema=null"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "delete it: ~ema instead of ema=null" in err
+
+
+def test_report_tells_apart_multiruns_of_one_experiment_whose_config_groups_differ(tmp_path):
+    """`experiment=small_data` run before and after its file changed (DiffAugment taken out): the overrides are the
+    same, the jobs' config-group choices are not, and the sections say which is which."""
+    root = tmp_path / "all"
+    for part, augment, fids in (("before", "diffaugment", [1.0, 1.1]), ("after", None, [0.4, 0.45])):
+        _fake_part(root / part, ["experiment=small_data", "model=nsgan", "seed=0,1"],
+                   [({"seed": str(s)}, f) for s, f in enumerate(fids)])
+        choices = {"experiment": "small_data", "model": "nsgan", "ema": "stylegan2", "augment": augment,
+                   "hydra/launcher": "basic"}
+        for job in (root / part).glob("*_seed=*"):
+            OmegaConf.save(OmegaConf.create({"hydra": {"runtime": {"choices": choices}}}), job / ".hydra" / "hydra.yaml")
+    tables = md_tables((build_report(root, c2st=False) / "report.md").read_text())
+    sections = [row["section"] for row in tables["NS-GAN"]]
+    assert sections == ["**small_data, augment=null**", "small_data, augment=diffaugment"]  # bold: the lower FID

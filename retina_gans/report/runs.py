@@ -291,6 +291,12 @@ def load_sweep(sweep_dir: str | Path) -> Sweep:
         p for p in sorted(root.iterdir()) if p.is_dir() and (p / "multirun.yaml").exists()]
     runs, group_keys = [], []
     fixed = {part: {k: v for k, v in _expected_jobs(part)[0].items() if _in_section(k)} for part in parts}
+    # and the config groups each multirun's jobs chose (an experiment file may have changed between multiruns)
+    chosen = {part: next((_choices(p) for p in sorted(part.iterdir(), key=_job_order) if _is_job_dir(p)), {})
+              for part in parts}
+    groups = {k for c in chosen.values() for k in c if _in_section(k)} if all(chosen.values()) else set()
+    for part in parts:
+        fixed[part] = {**{k: chosen[part].get(k, "null") for k in sorted(groups)}, **fixed[part]}
     differ = {k for f in fixed.values() for k in f if len({g.get(k) for g in fixed.values()}) > 1}
     for part in parts:
         part_runs, keys = _load_multirun(part, root, {k: v for k, v in fixed[part].items() if k in differ})
