@@ -264,11 +264,11 @@ def _job_order(path: Path) -> tuple[int, str]:
     return (int(head) if head.isdigit() else 1 << 30, path.name)
 
 
-def _load_multirun(sweep_dir: Path, root: Path, distinct: dict[str, str] | None = None) -> tuple[list[Run], list[str]]:
-    """The runs of one multirun folder, plus a `not started` run for each job it listed but never made; `distinct`:
-    its fixed overrides that set it apart from the folder's other multiruns (they name its sections)."""
-    fixed, swept, expected = _expected_jobs(sweep_dir)
-    distinct = distinct or {}
+def _load_multirun(sweep_dir: Path, root: Path, jobs: tuple[dict[str, str], list[str], list[dict[str, str]]],
+                   distinct: dict[str, str]) -> tuple[list[Run], list[str]]:
+    """The runs of one multirun folder, plus a `not started` run for each job it listed but never made; `jobs`: its
+    `_expected_jobs`; `distinct`: what sets it apart from the folder's other multiruns (it names its sections)."""
+    fixed, swept, expected = jobs
     group_keys = [k for k in swept if k != "seed"] or ["experiment"]
     if "model" not in group_keys:
         group_keys.append("model")
@@ -284,22 +284,28 @@ def _load_multirun(sweep_dir: Path, root: Path, distinct: dict[str, str] | None 
     return runs, group_keys
 
 
+def _distinct(parts: list[Path], fixed: dict[Path, dict[str, str]]) -> dict[Path, dict[str, str]]:
+    """Per multirun, what sets it apart from the others: its fixed overrides and its jobs' config-group choices
+    (an experiment file may have changed between multiruns) whose values are not the same in all of them."""
+    chosen = {part: next((_choices(p) for p in sorted(part.iterdir(), key=_job_order) if _is_job_dir(p)), {})
+              for part in parts}
+    groups = sorted({k for c in chosen.values() for k in c if _in_section(k)}) if all(chosen.values()) else []
+    settings = {part: {**{k: chosen[part].get(k, "null") for k in groups},
+                       **{k: v for k, v in fixed[part].items() if _in_section(k)}} for part in parts}
+    differ = {k for f in settings.values() for k in f if len({g.get(k) for g in settings.values()}) > 1}
+    return {part: {k: v for k, v in settings[part].items() if k in differ} for part in parts}
+
+
 def load_sweep(sweep_dir: str | Path) -> Sweep:
     """A multirun folder, or a folder of multiruns (`compare` runs one per budget: `<time>/<budget>/`)."""
     root = Path(sweep_dir)
     parts = [root] if (root / "multirun.yaml").exists() or any(_is_job_dir(p) for p in root.iterdir()) else [
         p for p in sorted(root.iterdir()) if p.is_dir() and (p / "multirun.yaml").exists()]
     runs, group_keys = [], []
-    fixed = {part: {k: v for k, v in _expected_jobs(part)[0].items() if _in_section(k)} for part in parts}
-    # and the config groups each multirun's jobs chose (an experiment file may have changed between multiruns)
-    chosen = {part: next((_choices(p) for p in sorted(part.iterdir(), key=_job_order) if _is_job_dir(p)), {})
-              for part in parts}
-    groups = {k for c in chosen.values() for k in c if _in_section(k)} if all(chosen.values()) else set()
+    jobs = {part: _expected_jobs(part) for part in parts}
+    distinct = _distinct(parts, {part: jobs[part][0] for part in parts})
     for part in parts:
-        fixed[part] = {**{k: chosen[part].get(k, "null") for k in sorted(groups)}, **fixed[part]}
-    differ = {k for f in fixed.values() for k in f if len({g.get(k) for g in fixed.values()}) > 1}
-    for part in parts:
-        part_runs, keys = _load_multirun(part, root, {k: v for k, v in fixed[part].items() if k in differ})
+        part_runs, keys = _load_multirun(part, root, jobs[part], distinct[part])
         runs += part_runs
         group_keys += [k for k in keys if k not in group_keys]
     try:
