@@ -20,7 +20,7 @@ import torchmetrics
 from medmnist.info import INFO
 
 from retina_gans.bench.training import (
-    AUTOCAST_DTYPES, CONF_DIR, TINY, bench_bare, bench_full_run, bench_lightning, compose_config,
+    AUTOCAST_DTYPES, CONF_DIR, TINY, BareLoop, bench_bare, bench_full_run, bench_lightning, compose_config,
 )
 from retina_gans.bench.validation import bench_validation, random_inception_weights
 from retina_gans.data import DataFileError, ensure_data_file
@@ -53,6 +53,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--warmup", type=_int_at_least(0), help="untimed batches first (default 5; compiled: an epoch + 5; tiny 2)")
     p.add_argument("--repeats", type=_int_at_least(1), help="windows per path, alternating Lightning and bare; the median "
                    "of each path is reported (default 5; tiny 1)")
+    p.add_argument("--pairing", choices=["batch", "window"], default="batch",
+                   help="batch (default): one bare batch after each Lightning batch, in one process, each path timed "
+                        "on its own batches (the host's drift cancels); window: a Lightning window, then a bare one")
     p.add_argument("--models", nargs="+", help="variants (conf/model/*.yaml; default: all of them)")
     p.add_argument("--options", nargs="+", default=[], metavar="GROUP=OPTION",
                    help="also time each model with each of these switched on, one at a time, as rows "
@@ -152,7 +155,8 @@ def overhead(pairs: list[tuple[dict[str, Any], dict[str, Any]]]) -> dict[str, fl
 def print_table(report: dict[str, Any]) -> None:
     s = report["settings"]
     print(f"\nretina-gans bench: {s['device']}, precision {s['precision']}, compile {s['compile']}, "
-          f"batch {s['batch_size']}, {s['steps']} timed batches after {s['warmup']}, median of {s['repeats']} windows")
+          f"batch {s['batch_size']}, {s['steps']} timed batches after {s['warmup']}, median of {s['repeats']} windows, "
+          f"paired by {s['pairing']}")
     w = max(9, *(len(row) + 1 for row in report["training"]))
     print(f"{'model':<{w}}{'path':<11}{'images/s':>10}{'gen steps/s':>13}{'s/batch':>10}")
     for model, r in report["training"].items():
@@ -221,6 +225,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "machine": machine(device), "versions": versions(), "commit": commit(),
         "settings": {"device": args.device, "precision": args.precision, "compile": args.compile,
                      "batch_size": batch_size, "warmup": warmup, "steps": steps, "repeats": repeats, "tiny": args.tiny,
+                     "pairing": args.pairing,
                      "overrides": overrides, "models": args.models,
                      "options": args.options},
         "training": {}, "validation": {}, "memory_by_phase": {},
@@ -231,10 +236,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     rows += [(f"{model}+{option}", model, [option]) for model in args.models for option in args.options]
     for row, model, own in rows:
         windows: dict[str, list[dict[str, Any]]] = {"lightning": [], "bare": []}
-        for repeat in range(repeats):  # alternating, so a slow spell of a shared machine hits both paths
+        for repeat in range(repeats):
             # the training window runs validation with the retina extractor only: no download, timed separately
             run_cfg = compose_config([f"model={model}", f"trainer.max_epochs={window_epochs}", "metrics.extractors=[retina_v2,retina]",
                                       *overrides, *own], run_dir / row / str(repeat))
+            if args.pairing == "batch":  # interleaved batch by batch: both paths see the same moments of the host
+                lightning = bench_lightning(run_cfg, warmup, steps, BareLoop(run_cfg, device))
+                windows["bare"].append(lightning.pop("bare"))
+                windows["lightning"].append(lightning)
+                report["memory_by_phase"][f"{row}/lightning+bare/{repeat}"] = memory(device)
+                continue
+            # window pairing, alternating, so that a slow spell of a shared machine hits both paths
             windows["lightning"].append(bench_lightning(run_cfg, warmup, steps))
             report["memory_by_phase"][f"{row}/lightning/{repeat}"] = memory(device)  # each call resets the peak
             windows["bare"].append(bench_bare(run_cfg, warmup, steps, device))

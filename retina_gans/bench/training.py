@@ -4,7 +4,14 @@ Both paths build the same nets, optimizers and losses from the same composed con
 in-memory tensor sliced by a permutation. The Lightning path is the real one (`retina_gans.train.build_for_fit` +
 `trainer.fit`, with its loggers, checkpoints, sample grids and progress bar); validation inside its timed
 window is subtracted (it is timed separately, per extractor). Throughput = real images through the critic
-per second; the generator steps every `n_critic`-th batch. Clocks are synchronised only at window edges.
+per second; the generator steps every `n_critic`-th batch.
+
+Pairing. This 2-core host's speed swings by +-20 % from one second to the next (another tenant; the same bare
+batch measured alone: 32-50 ms within a minute), so two paths timed in separate windows, even back to back, differ
+by that much. With `bare=` given, `bench_lightning` runs one bare batch right after each Lightning batch, in the
+same process, and takes each path's time from its own batches: both see the host of the same 100 ms, and their
+ratio over 85 batches repeats within about 1-2 %. Clocks are synchronised around each bare batch then (on a GPU
+that also makes the Lightning path wait for its device every batch); without `bare=`, only at window edges.
 """
 
 import time
@@ -41,10 +48,14 @@ def _sync(device: torch.device) -> None:
 
 
 class StepWindow(L.Callback):
-    """Times training batches warmup+1 .. warmup+steps of a fit, then stops it; validation inside is subtracted."""
+    """Times training batches warmup+1 .. warmup+steps of a fit, then stops it; validation inside is subtracted.
+    With a `bare` loop, one bare batch runs (and is timed) after each Lightning batch, warm-up included, and its
+    time is subtracted from the Lightning path's too."""
 
-    def __init__(self, warmup: int, steps: int) -> None:
-        self.warmup, self.steps = warmup, steps
+    def __init__(self, warmup: int, steps: int, bare: "BareLoop | None" = None) -> None:
+        self.warmup, self.steps, self.bare = warmup, steps, bare
+        self.bare_s = self.bare_cpu_s = 0.0
+        self.bare_images = self.bare_generator_steps = 0
         self.batches = self.images = self.generator_steps = 0
         self.start = self.end = None
         self.in_batch_s = self.validation_s = self.validation_cpu_s = self.checkpoint_s = 0.0
@@ -79,11 +90,20 @@ class StepWindow(L.Callback):
 
     def on_train_batch_end(self, trainer: L.Trainer, gan: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         self.batches += 1
+        if self.start is not None:
+            self.images += (batch[0] if isinstance(batch, (tuple, list)) else batch).shape[0]  # conditional: a pair
+            # host time only (asynchronous on a GPU); a save inside the batch's end hooks counts as checkpoint time
+            self.in_batch_s += time.perf_counter() - self._batch_start - self._saved_in_batch
+        if self.bare is not None:
+            start, cpu_start = self._now(gan), time.process_time()
+            images, generator_steps = self.bare.step()
+            if self.start is not None:
+                self.bare_s += self._now(gan) - start
+                self.bare_cpu_s += time.process_time() - cpu_start
+                self.bare_images += images
+                self.bare_generator_steps += generator_steps
         if self.start is None:
             return
-        self.images += (batch[0] if isinstance(batch, (tuple, list)) else batch).shape[0]  # conditional: a pair
-        # host time only (asynchronous on a GPU); a save inside the batch's end hooks counts as checkpoint time
-        self.in_batch_s += time.perf_counter() - self._batch_start - self._saved_in_batch
         if self.batches == self.warmup + self.steps:
             self.end = self._now(gan)
             self.cpu_s = time.process_time() - self._cpu_start
@@ -110,17 +130,21 @@ def _rates(images: int, generator_steps: int, batches: int, seconds: float, cpu_
             "batches": batches}
 
 
-def bench_lightning(cfg: DictConfig, warmup: int, steps: int) -> dict[str, Any]:
-    """The project's training path, exactly as `retina_gans.train.train` runs it, stopped after the window."""
+def bench_lightning(cfg: DictConfig, warmup: int, steps: int,
+                    bare: "BareLoop | None" = None) -> dict[str, Any]:
+    """The project's training path, exactly as `retina_gans.train.train` runs it, stopped after the window. With
+    `bare`, one of its batches after each Lightning batch: the result then holds the bare loop's rates too, under
+    "bare", measured on the interleaved batches."""
     datamodule, gan, trainer = build_for_fit(cfg)
-    window = StepWindow(warmup, steps)
+    window = StepWindow(warmup, steps, bare)
     trainer.callbacks.append(window)
     trainer.save_checkpoint = window.timed(trainer.save_checkpoint)  # what every checkpoint callback calls
     trainer.fit(gan, datamodule=datamodule)
     if window.end is None:
         raise RuntimeError(f"the fit stopped after {window.batches} batches, before the window's {warmup + steps}")
-    seconds = window.end - window.start - window.validation_s
-    result = _rates(window.images, window.generator_steps, steps, seconds, window.cpu_s - window.validation_cpu_s)
+    seconds = window.end - window.start - window.validation_s - window.bare_s
+    cpu_s = window.cpu_s - window.validation_cpu_s - window.bare_cpu_s
+    result = _rates(window.images, window.generator_steps, steps, seconds, cpu_s)
     # in batch: on_train_batch_start .. on_train_batch_end (training_step and the batch hooks); between batches:
     # data fetch, loop, logger writes at log_every_n_steps, epoch ends (sample grid, epoch metrics), checkpoints
     # apart (timed around trainer.save_checkpoint). All measured; the bare loop's s/batch is all "in batch".
@@ -130,6 +154,9 @@ def bench_lightning(cfg: DictConfig, warmup: int, steps: int) -> dict[str, Any]:
                "in_batch_s_per_batch": window.in_batch_s / steps, "between_s_per_batch": between / steps,
                "checkpoint_s_per_batch": window.checkpoint_s / steps,
                "validation_in_window_s": window.validation_s, "device": str(gan.device)}
+    if bare is not None:
+        result["bare"] = _rates(window.bare_images, window.bare_generator_steps, steps, window.bare_s,
+                                window.bare_cpu_s)
     return result
 
 
@@ -141,65 +168,75 @@ def train_images(cfg: DictConfig, device: torch.device) -> tuple[torch.Tensor, t
     return to_model_range(images).to(device), labels.to(device)
 
 
-def bench_bare(cfg: DictConfig, warmup: int, steps: int, device: torch.device) -> dict[str, Any]:
-    """A plain PyTorch loop: the same nets, optimizers, batch size, n_critic, precision and compile, and the very
-    loss, constraint, augmentation and EMA code of the Lightning path (the configured GAN's own `critic_loss`,
-    `generator_loss`, `end_critic_step` and `end_generator_step`, called without a Trainer: no hooks, logging,
-    checkpoints or optimizer wrappers)."""
-    L.seed_everything(cfg.seed, verbose=False)
-    gan = hydra.utils.instantiate(cfg.model).to(device)  # nets built (and compiled) as the Lightning path builds them
-    generator, critic = gan.generator, gan.critic
-    critic_opt = hydra.utils.instantiate(cfg.model.critic_optimizer)(critic.parameters())
-    generator_opt = hydra.utils.instantiate(cfg.model.generator_optimizer)(generator.parameters())
-    dtype = AUTOCAST_DTYPES[cfg.trainer.precision]
-    # Under 16-mixed the gradient penalty reads the Trainer's loss scale; here, without a Trainer, it uses 1.0
-    # (the same work; float16 needs CUDA).
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype is torch.float16)
-    n_critic = gan.n_critic
+class BareLoop:
+    """A plain PyTorch loop, one batch per `step()`: the same nets, optimizers, batch size, n_critic, precision and
+    compile, and the very loss, constraint, augmentation and EMA code of the Lightning path (the configured GAN's own
+    `critic_loss`, `generator_loss`, `end_critic_step` and `end_generator_step`, called without a Trainer: no hooks,
+    logging, checkpoints or optimizer wrappers); data: the train split as one tensor sliced by a permutation."""
 
-    def step(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
+    def __init__(self, cfg: DictConfig, device: torch.device) -> None:
+        L.seed_everything(cfg.seed, verbose=False)
+        self.gan = gan = hydra.utils.instantiate(cfg.model).to(device)  # nets built (and compiled) as Lightning's
+        self.critic_opt = hydra.utils.instantiate(cfg.model.critic_optimizer)(gan.critic.parameters())
+        self.generator_opt = hydra.utils.instantiate(cfg.model.generator_optimizer)(gan.generator.parameters())
+        self.dtype = AUTOCAST_DTYPES[cfg.trainer.precision]
+        self.device = device
+        # Under 16-mixed the gradient penalty reads the Trainer's loss scale; here, without a Trainer, it uses 1.0
+        # (the same work; float16 needs CUDA).
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.dtype is torch.float16)
+        self.images, self.labels = train_images(cfg, device)
+        if gan.conditional:  # what the GAN's `setup` takes from the data module
+            gan.grade_counts.copy_(torch.bincount(self.labels, minlength=len(gan.grade_counts)))
+        self.batch_size = cfg.data.batch_size
+        self.order = torch.Generator().manual_seed(cfg.seed)
+        self.permutation, self.position = None, len(self.images)
+
+    def _update(self, optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
         optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
+        self.scaler.scale(loss).backward()
+        self.scaler.step(optimizer)
+        self.scaler.update()
 
-    images, labels = train_images(cfg, device)
-    if gan.conditional:  # what the GAN's `setup` takes from the data module
-        gan.grade_counts.copy_(torch.bincount(labels, minlength=len(gan.grade_counts)))
-    batch_size, n = cfg.data.batch_size, len(images)
-    order = torch.Generator().manual_seed(cfg.seed)
-    batches = 0
-    while batches < warmup + steps:
-        permutation = torch.randperm(n, generator=order).to(device)  # one small copy per epoch
-        for b in range(-(-n // batch_size)):
-            if batches == warmup:
-                _sync(device)
-                start, cpu_start = time.perf_counter(), time.process_time()
-                counted_images, counted_generator_steps = 0, gan.generator_steps
-            batch = permutation[b * batch_size : (b + 1) * batch_size]
-            real = images[batch]  # (B, C, H, W) in [-1, 1]
-            real_grades = labels[batch] if gan.conditional else None  # (B,) or None, as the data module yields
-            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-                with torch.no_grad():
-                    fake, fake_grades = gan.sample_fakes(real.shape[0])
-                loss, _ = gan.critic_loss(real, fake, real_grades, fake_grades)
-            step(critic_opt, loss)
-            gan.end_critic_step()  # constraints, the step count (lazy regularizers read it), ADA's p
-            if gan.critic_steps % n_critic == 0:
-                critic.requires_grad_(False)  # what the Lightning path does: no critic weight gradients
-                with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-                    loss = gan.generator_loss(*gan.sample_fakes(real.shape[0]))
-                step(generator_opt, loss)
-                critic.requires_grad_(True)
-                gan.end_generator_step(real.shape[0])  # the step count, the EMA
-            batches += 1
-            if batches > warmup:
-                counted_images += real.shape[0]
-            if batches == warmup + steps:
-                break
+    def step(self) -> tuple[int, int]:
+        """One batch (one critic step; a generator step after every n_critic-th); returns (images, generator
+        steps) of it."""
+        gan, device, dtype = self.gan, self.device, self.dtype
+        if self.position >= len(self.images):  # a new epoch: one small copy of a fresh permutation
+            self.permutation, self.position = torch.randperm(len(self.images), generator=self.order).to(device), 0
+        batch = self.permutation[self.position : self.position + self.batch_size]
+        self.position += self.batch_size
+        real = self.images[batch]  # (B, C, H, W) in [-1, 1]
+        real_grades = self.labels[batch] if gan.conditional else None  # (B,) or None, as the data module yields
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            with torch.no_grad():
+                fake, fake_grades = gan.sample_fakes(real.shape[0])
+            loss, _ = gan.critic_loss(real, fake, real_grades, fake_grades)
+        self._update(self.critic_opt, loss)
+        gan.end_critic_step()  # constraints, the step count (lazy regularizers read it), ADA's p
+        if gan.critic_steps % gan.n_critic:
+            return real.shape[0], 0
+        gan.critic.requires_grad_(False)  # what the Lightning path does: no critic weight gradients
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            loss = gan.generator_loss(*gan.sample_fakes(real.shape[0]))
+        self._update(self.generator_opt, loss)
+        gan.critic.requires_grad_(True)
+        gan.end_generator_step(real.shape[0])  # the step count, the EMA
+        return real.shape[0], 1
+
+
+def bench_bare(cfg: DictConfig, warmup: int, steps: int, device: torch.device) -> dict[str, Any]:
+    """The bare loop alone: `warmup` untimed batches, then `steps` timed ones."""
+    loop = BareLoop(cfg, device)
+    for _ in range(warmup):
+        loop.step()
     _sync(device)
-    seconds, cpu_s = time.perf_counter() - start, time.process_time() - cpu_start
-    return _rates(counted_images, gan.generator_steps - counted_generator_steps, steps, seconds, cpu_s)
+    start, cpu_start = time.perf_counter(), time.process_time()
+    images = generator_steps = 0
+    for _ in range(steps):
+        counted = loop.step()
+        images, generator_steps = images + counted[0], generator_steps + counted[1]
+    _sync(device)
+    return _rates(images, generator_steps, steps, time.perf_counter() - start, time.process_time() - cpu_start)
 
 
 def bench_full_run(cfg: DictConfig) -> float:
