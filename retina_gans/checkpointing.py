@@ -145,6 +145,16 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         return read_checkpoint(path, map_location=map_location)
 
 
+def is_last_epoch(trainer: L.Trainer) -> bool:
+    """Whether training stops after this epoch (called at an epoch end): `fit_loop.done`'s tests, without its side
+    effects."""
+    loop = trainer.fit_loop
+    max_epochs, max_steps = loop.max_epochs, loop.max_steps
+    return (trainer.should_stop
+            or (max_epochs is not None and max_epochs >= 0 and loop.epoch_progress.current.processed >= max_epochs)
+            or (max_steps >= 0 and loop.epoch_loop.global_step >= max_steps))
+
+
 class LastCheckpoint(Checkpoint):
     """Writes `<dirpath>/last.ckpt` at the end of every `every_n_epochs`-th epoch once `every_n_seconds` have passed
     since the last save, at the end of training's last epoch, every `every_n_train_batches` training batches (= critic
@@ -185,17 +195,8 @@ class LastCheckpoint(Checkpoint):
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         due = ((trainer.current_epoch + 1) % self.every_n_epochs == 0
                and time.monotonic() - self._last_save >= self.every_n_seconds)
-        if trainer.received_sigterm or due or self._last_epoch(trainer):
+        if trainer.received_sigterm or due or is_last_epoch(trainer):
             self.save(trainer)
-
-    @staticmethod
-    def _last_epoch(trainer: L.Trainer) -> bool:
-        """Whether training stops after this epoch: `fit_loop.done`'s tests, without its side effects."""
-        loop = trainer.fit_loop
-        max_epochs, max_steps = loop.max_epochs, loop.max_steps
-        return (trainer.should_stop
-                or (max_epochs is not None and max_epochs >= 0 and loop.epoch_progress.current.processed >= max_epochs)
-                or (max_steps >= 0 and loop.epoch_loop.global_step >= max_steps))
 
     def save(self, trainer: L.Trainer) -> None:
         from retina_gans.divergence import DivergenceGuard  # the guard imports nothing from here

@@ -135,6 +135,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "callbacks.last_checkpoint.every_n_epochs": int_at_least(1),
     "callbacks.last_checkpoint.every_n_train_batches": optional(int_at_least(1)),
     "callbacks.divergence_guard.action": one_of("stop", "skip"),
+    "callbacks.sample_grid.every_n_epochs": int_at_least(1),
     "callbacks.divergence_guard.check_every_n_steps": int_at_least(1),
     "debug.inject_nan_at_step": optional(int_at_least(1)),
 }

@@ -250,7 +250,6 @@ class GAN(L.LightningModule):
         epoch_values |= {"train/critic_steps": float(self.critic_steps), "train/generator_steps": float(self.generator_steps)}
         self.log_dict(epoch_values, on_step=False, on_epoch=True)
         self.training_log.start_epoch()
-        self._write_sample_grid()
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["gan_steps"] = {"critic": self.critic_steps, "generator": self.generator_steps}
@@ -310,9 +309,9 @@ class GAN(L.LightningModule):
         grades = torch.arange(len(self.grade_counts), device=noise.device)
         return noise.repeat(len(grades), 1), grades.repeat_interleave(len(noise))
 
-    def _write_sample_grid(self) -> None:
+    def write_sample_grid(self) -> None:
         """The fixed-noise grid of this epoch, to TensorBoard and to `<run>/samples/epoch_NNNN.png` (conditional: a
-        row per grade, grade 0 at the top)."""
+        row per grade, grade 0 at the top); when, the `SampleGrid` callback decides."""
         run_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)  # a broadcast: every rank must ask
         if not self.trainer.is_global_zero:
             return

@@ -47,7 +47,7 @@ RESUME_MAY_CHANGE = (
     "data.verify_md5", "metrics.inception_weights", "trainer.max_epochs", "trainer.max_steps", "equal_steps.epochs",
     "trainer.default_root_dir", "trainer.accelerator", "trainer.enable_progress_bar", "trainer.enable_model_summary",
     "trainer.log_every_n_steps", "trainer.check_val_every_n_epoch", "trainer.num_sanity_val_steps",
-    "callbacks.last_checkpoint.", "callbacks.best_checkpoint.dirpath", "callbacks.progress_bar.",
+    "callbacks.last_checkpoint.", "callbacks.best_checkpoint.dirpath", "callbacks.progress_bar.", "callbacks.sample_grid.",
     "callbacks.divergence_guard.check_every_n_steps", "callbacks.divergence_guard.inject_nan_at_step", "logger.",
 )
 # What every run printed that does not concern a user of this project (each is covered in the README).

@@ -9,6 +9,7 @@ import lightning as L
 import pytest
 import torch
 
+from retina_gans.sample_grid import SampleGrid
 from retina_gans.train import build, train
 from retina_gans.variants import variant_names
 from tests.conftest import FAST, REAL_DATA_DIR, compose_config
@@ -102,6 +103,17 @@ def test_sample_grid_png_and_tensorboard_image_hold_the_same_grayscale_grid(fast
     events.Reload()
     (image,) = events.Images("samples")
     assert (image.step, image.encoded_image_string) == (0, png)
+
+
+def test_sample_grid_is_written_every_n_epochs_and_after_the_last(fast_config, tmp_path):
+    train(fast_config("lsgan", "trainer.max_epochs=5", "callbacks.sample_grid.every_n_epochs=2"))
+    assert sorted(p.name for p in (tmp_path / "samples").iterdir()) == [
+        "epoch_0001.png", "epoch_0003.png", "epoch_0004.png"]  # epochs 2 and 4 (1-based), and the last
+
+
+def test_sample_grid_interval_must_be_a_positive_integer():
+    with pytest.raises(ValueError, match="callbacks.sample_grid.every_n_epochs must be an integer >= 1"):
+        SampleGrid(0)
 
 
 def final_weights(cfg) -> torch.Tensor:
