@@ -116,3 +116,23 @@ def test_bench_without_the_data_file_says_so_in_one_line_before_any_work(tmp_pat
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "RetinaMNIST file not found" in err[0] and str(tmp_path) in err[0]
     assert not (tmp_path / "b.json").exists() and not (tmp_path / "b").exists()
+
+
+@pytest.mark.slow
+def test_bench_pairs_by_batch_by_default_and_by_window_when_asked(synthetic_data_dir, tmp_path):
+    common = ["--tiny", "--device", "cpu", "--data-root", str(synthetic_data_dir), "--extractors", "retina_v2",
+              "--models", "wgan", "--repeats", "2"]
+    batch = main([*common, "--json-out", str(tmp_path / "b.json"), "--", "data.verify_md5=false"])
+    assert batch["settings"]["pairing"] == "batch"
+    window = main([*common, "--pairing", "window", "--json-out", str(tmp_path / "w.json"), "--", "data.verify_md5=false"])
+    assert window["settings"]["pairing"] == "window"
+    for report, phases in ((batch, {"wgan/lightning+bare/0", "wgan/lightning+bare/1"}),
+                           (window, {"wgan/lightning/0", "wgan/bare/0", "wgan/lightning/1", "wgan/bare/1"})):
+        training = report["training"]["wgan"]
+        assert set(report["memory_by_phase"]) >= phases
+        for lightning, bare in zip(training["repeats"]["lightning"], training["repeats"]["bare"]):
+            # both paths counted over the same 3 batches, each on its own time
+            assert lightning["batches"] == bare["batches"] == 3 and lightning["images"] == bare["images"] == 3 * 64
+            assert positive(lightning["window_s"]) and positive(bare["window_s"])
+        assert training["ratio_per_repeat"] == [pytest.approx(l["images_per_s"] / b["images_per_s"])
+                                               for l, b in zip(training["repeats"]["lightning"], training["repeats"]["bare"])]

@@ -51,7 +51,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=_int_at_least(1), help="data.batch_size (default: experiment=blog's, 64)")
     p.add_argument("--steps", type=_int_at_least(1), help="timed batches per model and path (default: 5 epochs' worth)")
     p.add_argument("--warmup", type=_int_at_least(0), help="untimed batches first (default 5; compiled: an epoch + 5; tiny 2)")
-    p.add_argument("--repeats", type=_int_at_least(1), help="windows per path, alternating Lightning and bare; the median "
+    p.add_argument("--repeats", type=_int_at_least(1), help="windows per path (each pairs the two paths, see --pairing); the median "
                    "of each path is reported (default 5; tiny 1)")
     p.add_argument("--pairing", choices=["batch", "window"], default="batch",
                    help="batch (default): one bare batch after each Lightning batch, in one process, each path timed "
