@@ -241,8 +241,12 @@ class GAN(L.LightningModule):
             self.end_generator_step(real.shape[0])
             logged["generator_loss"] = generator_loss.detach()
         self.training_log.add(logged, real.shape[0])
-        if self.trainer._logger_connector.should_update_logs:  # Lightning's own test for writing a step row
-            self.log_dict({f"train/{k}_step": v for k, v in self.training_log.latest.items()}, on_step=True, on_epoch=False)
+        connector = self.trainer._logger_connector
+        if connector.should_update_logs:  # Lightning's own test for writing a step row
+            # Straight to the loggers through Lightning's own writer (same keys, step and "epoch" column as
+            # `self.log_dict(..., on_step=True)`): `self.log` moves each key's accumulator with `Metric.to` on every
+            # call, 2-3 ms of Python per key on this CPU, 0.75 ms of every WGAN batch at log_every_n_steps=10.
+            connector.log_metrics({f"train/{k}_step": v for k, v in self.training_log.latest.items()})
         return {"fake": fake, **logged}  # fake: (N, C, H, W), no grad
 
     def on_train_epoch_end(self) -> None:
