@@ -347,3 +347,28 @@ def test_report_tells_apart_multiruns_of_one_experiment_whose_config_groups_diff
     tables = md_tables((build_report(root, c2st=False) / "report.md").read_text())
     sections = [row["section"] for row in tables["NS-GAN"]]
     assert sections == ["**small_data, augment=null**", "small_data, augment=diffaugment"]  # bold: the lower FID
+
+
+def test_answer_counts_a_metric_on_which_every_model_ties_as_no_disagreement(tmp_path):
+    """A metric with the same mean for every model (the copy fraction is 0 for all of them in real comparisons)
+    puts no model first, so it neither agrees nor disagrees with the main metric; one where another model is
+    strictly better than the main metric's best is a disagreement."""
+    root = tmp_path / "tie"
+    _fake_part(root / "blog", ["experiment=blog", "model=lsgan,nsgan", "seed=0,1"],
+               [({"experiment": "blog", "model": m, "seed": str(s)}, f)
+                for m, fs in {"lsgan": [3.0, 3.4], "nsgan": [1.1, 1.2]}.items() for s, f in enumerate(fs)])
+    for job in (root / "blog").glob("*model=lsgan*"):  # LS-GAN better on recall only: a real disagreement
+        frame = pd.read_csv(job / "metrics.csv")
+        frame["val/recall_retina_v2"] = 0.99
+        frame["val/copy_fraction"] = 0.0
+        frame.to_csv(job / "metrics.csv", index=False)
+    for job in (root / "blog").glob("*model=nsgan*"):
+        frame = pd.read_csv(job / "metrics.csv")
+        frame["val/copy_fraction"] = 0.0
+        frame.to_csv(job / "metrics.csv", index=False)
+    text = (build_report(root, c2st=False) / "report.md").read_text()
+    answer = text.split("## Answer\n\n", 1)[1].split("\n## ", 1)[0]
+    assert "NS-GAN has the lowest final FID (retina_v2)" in answer
+    assert "copy_fraction: all tied" in answer
+    disagreement = answer.split("**They disagree with FID (retina_v2) on ", 1)[1].split("**", 1)[0]
+    assert disagreement == "recall (retina_v2)"

@@ -262,9 +262,12 @@ def _answer(doc: Doc, sweep: Sweep, main: str, columns: list[tuple[str, str, str
             values = {m: v for m, v in values.items() if v is not None}
             if len(values) < 2:
                 continue
-            top = next(m for m in values if all(not _better(values[o].mean, values[m].mean, better) for o in values))
-            firsts.append(f"{label}: {model_name(top)}")
-            if top != best:
+            tops = [m for m in values if all(not _better(values[o].mean, values[m].mean, better) for o in values)]
+            if len(tops) == len(values):  # every model level (e.g. a copy fraction of 0 for all): it ranks no one
+                firsts.append(f"{label}: all tied")
+                continue
+            firsts.append(f"{label}: {', '.join(model_name(m) for m in tops)}{' (tied)' if len(tops) > 1 else ''}")
+            if best not in tops:
                 disagree.append(label)
         seeds = sorted({s.n for s in stats.values()})
         caveats = [f"{'-'.join(map(str, seeds))} seed{'s' if seeds[-1] > 1 else ''} per model (low power: *not "
