@@ -118,6 +118,8 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "model.augment.target": ADA_TARGET,
     "model.augment.interval": int_at_least(1),
     "model.augment.adjust_images": POSITIVE,
+    "model.lecam.weight": NON_NEGATIVE,
+    "model.lecam.decay": ((lambda v: _number(v) and 0 <= v < 1), "a number in [0, 1)"),
     "metrics.extractors": EXTRACTOR_NAMES,
     "metrics.noise_seed": INTEGER,
     "metrics.main": MAIN_METRIC,

@@ -53,7 +53,8 @@ class GAN(L.LightningModule):
     `conditional`: the nets take the DR grade (built with `grades` > 0); training batches are (images, grades) and
     generated batches get grades drawn per `fake_grades` ("train": the train split's frequencies; "uniform").
     `augment`: applied to every critic input (`run_critic`); `ema`: the averaged generator that `generate` draws
-    from. Both off (None) unless the config's `augment`/`ema` groups choose one (and in checkpoints from before).
+    from; `lecam`: LeCam regularization of the critic, after the variant's own regularizers. Each off (None) unless
+    the config's `augment`/`ema`/`lecam` groups choose one (and in checkpoints from before).
     """
 
     def __init__(
@@ -74,6 +75,7 @@ class GAN(L.LightningModule):
         fake_grades: str = "train",
         augment: Augment | None = None,
         ema: GeneratorEMA | None = None,
+        lecam: regularizers.LeCam | None = None,
     ) -> None:
         super().__init__()
         if n_critic < 1:
@@ -82,7 +84,8 @@ class GAN(L.LightningModule):
         self.generator = generator
         self.critic = critic
         self.objective = objective
-        self.regularizers = list(regularizers)
+        self.lecam = lecam  # a module: its anchors are in the state dict, so in checkpoints
+        self.regularizers = list(regularizers) + ([lecam] if lecam is not None else [])
         for regularizer in self.regularizers:
             regularizer.attach(self.critic)
         self.variant = dict(variant or {})
@@ -147,6 +150,10 @@ class GAN(L.LightningModule):
             extra |= self.augment.observe(self.objective, real_scores.detach(), fake_scores.detach())
         for regularizer in self.regularizers:
             term, values = regularizer.penalty(critic, real, fake, self.critic_steps + 1, self._grad_scale)
+            if term is not None:
+                loss = loss + term
+            extra |= values
+            term, values = regularizer.score_penalty(real_scores, fake_scores)
             if term is not None:
                 loss = loss + term
             extra |= values

@@ -1,6 +1,7 @@
-"""Critic constraints and penalties, independent of the objective: weight clipping, gradient penalty, R1 and spectral
-normalization. Each may change the critic once when the GAN is built (`attach`), add a term to the critic's loss
-(`penalty`), or act after each critic step (`after_step`).
+"""Critic constraints and penalties, independent of the objective: weight clipping, gradient penalty, R1, spectral
+normalization and LeCam. Each may change the critic once when the GAN is built (`attach`), add a term to the critic's
+loss from the images (`penalty`) or from the scores the loss already computed (`score_penalty`), or act after each
+critic step (`after_step`).
 
 `penalty` gets the critic as a function of images: for a conditional GAN, with the real images' grades bound
 (`GAN.critic_loss`), so the gradient penalty's interpolates and R1's real images are scored with those grades.
@@ -9,6 +10,7 @@ normalization. Each may change the critic once when the GAN is built (`attach`),
 from typing import Callable
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import spectral_norm
 
@@ -30,6 +32,11 @@ class Regularizer:
                 grad_scale: Callable[[], float]) -> tuple[Tensor | None, dict[str, Tensor]]:
         """The weighted term added to the critic's loss at this (1-based) critic step, or None, and values to log.
         `critic`: the critic as the losses see it (`GAN.run_critic`: behind the augmentation when there is one)."""
+        return None, {}
+
+    def score_penalty(self, real_scores: Tensor, fake_scores: Tensor) -> tuple[Tensor | None, dict[str, Tensor]]:
+        """The weighted term added to the critic's loss from this step's critic scores (N,) of the real and the
+        generated batch (with their graph: no second critic pass), or None, and values to log."""
         return None, {}
 
     def after_step(self, critic: nn.Module) -> None:
@@ -110,3 +117,37 @@ class SpectralNorm(Regularizer):
         for module in list(critic.modules()):
             if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear, nn.Embedding)):
                 spectral_norm(module)
+
+
+class LeCam(nn.Module, Regularizer):
+    """weight * (E[(D(x) - alpha_fake)^2] + E[(D(G(z)) - alpha_real)^2]) (Tseng et al. 2021, eq. 3), logged as
+    `lecam_penalty` (unweighted): real scores are pulled toward a moving average of past fake scores and fake scores
+    toward one of past real scores, which bounds how far the critic can separate the training images from the
+    generated ones. alpha_real and alpha_fake are exponential moving averages of the batch means of the (augmented)
+    scores with `decay` per critic step, the first step copying; over DDP ranks the batch means are all-reduced, so
+    every rank holds the same anchors. The anchors are buffers: they are in checkpoints and a run resumes exactly.
+    The paper's squared form (its code clamps each difference at 0 from one side; the two agree while real scores
+    stay above fake ones, the case the term exists for)."""
+
+    def __init__(self, weight: float, decay: float) -> None:
+        nn.Module.__init__(self)
+        if not weight >= 0:
+            raise ValueError(f"model.lecam.weight must be >= 0, got {weight}")
+        if not 0 <= decay < 1:
+            raise ValueError(f"model.lecam.decay must be in [0, 1), got {decay}")
+        self.weight, self.decay = weight, decay
+        self.register_buffer("anchors", torch.zeros(2))  # alpha_real, alpha_fake
+        self.register_buffer("steps", torch.zeros((), dtype=torch.long))  # updates so far (0: the next one copies)
+
+    def score_penalty(self, real_scores: Tensor, fake_scores: Tensor) -> tuple[Tensor | None, dict[str, Tensor]]:
+        with torch.no_grad():
+            means = torch.stack([real_scores.mean(), fake_scores.mean()]).to(self.anchors.dtype)
+            if dist.is_available() and dist.is_initialized():
+                dist.all_reduce(means)
+                means /= dist.get_world_size()
+            keep = self.decay * (self.steps > 0)  # tensor math, no host sync: 0 on the first step
+            self.anchors.mul_(keep).add_((1 - keep) * means)
+            self.steps += 1
+        alpha_real, alpha_fake = self.anchors.to(real_scores.dtype)
+        value = (real_scores - alpha_fake).square().mean() + (fake_scores - alpha_real).square().mean()
+        return self.weight * value, {"lecam_penalty": value.detach()}

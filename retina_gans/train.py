@@ -131,7 +131,7 @@ def _config_differences(saved: dict[str, Any], cfg: DictConfig) -> list[tuple[st
 
 
 # Config groups whose option lands in model.<group> (`# @package model.<group>`), null when off.
-MODEL_PARTS = ("augment", "ema")
+MODEL_PARTS = ("augment", "ema", "lecam")
 
 
 def _option(group: str, target: str) -> str | None:

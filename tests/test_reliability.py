@@ -95,6 +95,8 @@ CASES = [  # id, model, overrides (with {inputs}), exception, message (regex)
     ("ada_p", "lsgan", ["augment=ada", "model.augment.p=1.5"], ConfigError, r"model.augment.p must be a number in \[0, 1\], got 1.5"),
     ("ada_target", "wgan", ["augment=ada", "model.augment.target=1"], ConfigError, r"model.augment.target must be null \(p fixed\) or a number in \(-1, 1\), got 1"),
     ("ada_interval", "lsgan", ["augment=ada", "model.augment.interval=0"], ConfigError, r"model.augment.interval must be an integer >= 1, got 0"),
+    ("lecam_decay", "nsgan", ["lecam=tseng2021", "model.lecam.decay=1"], ConfigError, r"model.lecam.decay must be a number in \[0, 1\), got 1"),
+    ("lecam_weight", "nsgan", ["lecam=tseng2021", "model.lecam.weight=-0.1"], ConfigError, r"model.lecam.weight must be a number >= 0, got -0.1"),
     ("guard_action", "lsgan", ["callbacks.divergence_guard.action=ignore"], ConfigError, r"divergence_guard.action must be one of \['stop', 'skip'\]"),
     ("save_interval", "lsgan", ["callbacks.last_checkpoint.every_n_train_batches=0"], ConfigError, r"every_n_train_batches must be null or an integer >= 1"),
     ("data_missing", "lsgan", ["data.root={inputs}/empty", "data.download=false"], DataFileError, r"RetinaMNIST file not found: .*empty/retinamnist.npz"),
@@ -113,6 +115,7 @@ CASES = [  # id, model, overrides (with {inputs}), exception, message (regex)
     ("ckpt_foreign_dict", "lsgan", ["ckpt_path={inputs}/ckpt/foreign_state_dict.ckpt"], CheckpointFileError, r"foreign_state_dict.ckpt is not a retina-gans training checkpoint \(missing state_dict"),
     ("ckpt_foreign_pickle", "lsgan", ["ckpt_path={inputs}/ckpt/foreign_pickle.ckpt"], CheckpointFileError, r"foreign_pickle.ckpt cannot be loaded \(UnpicklingError"),
     ("ckpt_ema_switched_on", "lsgan", ["ckpt_path={inputs}/ckpt/mid_epoch.ckpt", "ema=stylegan2"], ConfigError, r"other settings than this run has \(model.ema None -> retina_gans.ema.GeneratorEMA\).*repeat them \(~ema\)"),
+    ("ckpt_lecam_switched_on", "lsgan", ["ckpt_path={inputs}/ckpt/mid_epoch.ckpt", "lecam=tseng2021"], ConfigError, r"other settings than this run has \(model.lecam None -> retina_gans.regularizers.LeCam\).*repeat them \(~lecam\)"),
     ("ckpt_other_batch_size", "lsgan", ["ckpt_path={inputs}/ckpt/mid_epoch.ckpt", "data.batch_size=128"], ConfigError, r"other settings than this run has \(data.batch_size 256 -> 128\).*repeat them \(data.batch_size=256\)"),
 ]
 

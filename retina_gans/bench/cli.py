@@ -25,10 +25,10 @@ from retina_gans.bench.training import (
 from retina_gans.bench.validation import bench_validation, random_inception_weights
 from retina_gans.data import DataFileError, ensure_data_file
 from retina_gans.metrics.extractors import EXTRACTORS, INCEPTION_WEIGHTS_NAME
+from retina_gans.train import MODEL_PARTS as OPTION_GROUPS  # what --options switches on: parts any variant can add
 from retina_gans.variants import search_dirs, variant_names
 
 N_TRAIN = INFO["retinamnist"]["n_samples"]["train"]  # 1080
-OPTION_GROUPS = ("augment", "ema")  # what --options switches on: parts any variant can add
 RATIO_KEYS = ("images_per_s", "generator_steps_per_s", "images_per_cpu_s")
 
 
@@ -59,7 +59,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--models", nargs="+", help="variants (conf/model/*.yaml; default: all of them)")
     p.add_argument("--options", nargs="+", default=[], metavar="GROUP=OPTION",
                    help="also time each model with each of these switched on, one at a time, as rows "
-                        "<model>+<option> (the files of conf/augment and conf/ema, e.g. augment=ada ema=stylegan2)")
+                        "<model>+<option> (the files of conf/augment, conf/ema and conf/lecam, e.g. augment=ada ema=stylegan2)")
     p.add_argument("--compile", action="store_true", help="model.compile=true (the WGAN-GP critic stays eager)")
     p.add_argument("--precision", choices=list(AUTOCAST_DTYPES), default="32-true")
     p.add_argument("--data-root", help="folder of retinamnist.npz (default: the config's, $RETINA_GANS_DATA)")
