@@ -6,6 +6,7 @@ GeM p=4), for every damage of the validity check, as multiples of the undamaged 
     python docs/embedding_experiments.py --recon 1 --tag recon1      # + an autoencoder decoder on the embedding
     python docs/embedding_experiments.py --rot 4 --tag rot4          # + bilinear rotations of the views, degrees
     python docs/embedding_experiments.py --crop 20 --tag crop20      # views are 20x20 crops (no resizing)
+    python docs/embedding_experiments.py --grade 1 --tag grade1      # + grade cross-entropy from the embedding
 
 Writes /tmp/emb_<tag>.json. Not part of the package; an experiment record."""
 import argparse, time, math, torch, numpy as np, scipy.linalg, json
@@ -20,11 +21,12 @@ p.add_argument("--recon", type=float, default=0.0); p.add_argument("--contrast",
 p.add_argument("--rot", type=float, default=0.0, help="max arbitrary rotation degrees (bilinear)")
 p.add_argument("--epochs", type=int, default=60); p.add_argument("--seed", type=int, default=0)
 p.add_argument("--committed", action="store_true"); p.add_argument("--threads", type=int, default=2)
+p.add_argument("--grade", type=float, default=0.0, help="weight of a grade cross-entropy (linear head on the embedding)")
 p.add_argument("--tag", default="x"); p.add_argument("--crop", type=int, default=0); p.add_argument("--temp", type=float, default=0.2)
 a = p.parse_args(); torch.set_num_threads(a.threads)
 import os
 path = ensure_data_file(os.environ.get("RETINA_GANS_DATA", "../shared/data"), 28, False, False)
-tr, _ = load_split(path, "train", 28, 1); te, tl = load_split(path, "test", 28, 1)
+tr, trl = load_split(path, "train", 28, 1); te, tl = load_split(path, "test", 28, 1)
 train, test = to_model_range(tr), to_model_range(te)
 
 class Decoder(nn.Module):
@@ -47,14 +49,14 @@ if a.committed:
     net = load_retina_embedding(1)
 else:
     torch.manual_seed(a.seed); g = torch.Generator().manual_seed(a.seed)
-    net = RetinaEmbeddingNet(1); dec = Decoder()
-    params = list(net.parameters()) + (list(dec.parameters()) if a.recon else [])
+    net = RetinaEmbeddingNet(1); dec = Decoder(); head = nn.Linear(net.embedding_dim, 5)
+    params = list(net.parameters()) + (list(dec.parameters()) if a.recon else []) + (list(head.parameters()) if a.grade else [])
     opt = torch.optim.AdamW(params, lr=2e-3, weight_decay=1e-4); bs = 216; spe = len(train) // bs
     sch = torch.optim.lr_scheduler.OneCycleLR(opt, 2e-3, total_steps=a.epochs * spe)
     for ep in range(a.epochs):
         net.train(); dec.train(); order = torch.randperm(len(train), generator=g)
         for i in range(spe):
-            x = train[order[i * bs:(i + 1) * bs]]
+            x = train[order[i * bs:(i + 1) * bs]]; y = trl[order[i * bs:(i + 1) * bs]].long().view(-1)
             v1, v2 = rotate(augment(x, g), a.rot, g), rotate(augment(x, g), a.rot, g)
             if a.crop:
                 def crop(v):
@@ -65,6 +67,8 @@ else:
             loss = a.contrast * nt_xent(net.projection(e1), net.projection(e2), a.temp) if a.contrast else 0.0
             if a.recon:
                 loss = loss + a.recon * (F.mse_loss(dec(e1), v1) + F.mse_loss(dec(e2), v2)) / 2
+            if a.grade:
+                loss = loss + a.grade * (F.cross_entropy(head(e1), y) + F.cross_entropy(head(e2), y)) / 2
             opt.zero_grad(); loss.backward(); opt.step(); sch.step()
         if ep % 20 == 19: print(f"epoch {ep} loss {float(loss.detach()):.4f}", flush=True)
     net.eval()
