@@ -238,7 +238,7 @@ def _readme_commands() -> list[tuple[str, list[str]]]:
 
     text = (PROJECT / "README.md").read_text()
     lines = [line.split(" #")[0].strip() for block in re.findall(r"```bash\n(.*?)```", text, re.S)
-             for line in block.replace("\\\n", " ").splitlines()]
+             for line in block.replace("\\\n", " ").splitlines() if not line.lstrip().startswith("#")]  # comments: prose
     lines += re.findall(r"`((?:RETINA_GANS_DATA=\S+ )?python -m retina_gans\.[^`]*)`", text)
     commands = []
     for line in lines:
