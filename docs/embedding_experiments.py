@@ -7,6 +7,7 @@ GeM p=4), for every damage of the validity check, as multiples of the undamaged 
     python docs/embedding_experiments.py --rot 4 --tag rot4          # + bilinear rotations of the views, degrees
     python docs/embedding_experiments.py --crop 20 --tag crop20      # views are 20x20 crops (no resizing)
     python docs/embedding_experiments.py --grade 1 --tag grade1      # + grade cross-entropy from the embedding
+    python docs/embedding_experiments.py --dense 1 --tag dense1      # + NT-Xent between the two views' local features
 
 Writes /tmp/emb_<tag>.json. Not part of the package; an experiment record."""
 import argparse, time, math, torch, numpy as np, scipy.linalg, json
@@ -22,6 +23,8 @@ p.add_argument("--rot", type=float, default=0.0, help="max arbitrary rotation de
 p.add_argument("--epochs", type=int, default=60); p.add_argument("--seed", type=int, default=0)
 p.add_argument("--committed", action="store_true"); p.add_argument("--threads", type=int, default=2)
 p.add_argument("--grade", type=float, default=0.0, help="weight of a grade cross-entropy (linear head on the embedding)")
+p.add_argument("--dense", type=float, default=0.0, help="weight of a per-location NT-Xent: the views share one symmetry "
+               "and differ by integer shifts (<= 2 px, under one cell of the 7x7 map), so a cell's partner is the same cell")
 p.add_argument("--save", help="also save the trained network's state dict here")
 p.add_argument("--tag", default="x"); p.add_argument("--crop", type=int, default=0); p.add_argument("--temp", type=float, default=0.2)
 a = p.parse_args(); torch.set_num_threads(a.threads)
@@ -51,23 +54,47 @@ if a.committed:
 else:
     torch.manual_seed(a.seed); g = torch.Generator().manual_seed(a.seed)
     net = RetinaEmbeddingNet(1); dec = Decoder(); head = nn.Linear(net.embedding_dim, 5)
+    local_head = nn.Sequential(nn.Linear(net.embedding_dim, net.embedding_dim), nn.ReLU(), nn.Linear(net.embedding_dim, 64))
     params = list(net.parameters()) + (list(dec.parameters()) if a.recon else []) + (list(head.parameters()) if a.grade else [])
+    params += list(local_head.parameters()) if a.dense else []
     opt = torch.optim.AdamW(params, lr=2e-3, weight_decay=1e-4); bs = 216; spe = len(train) // bs
     sch = torch.optim.lr_scheduler.OneCycleLR(opt, 2e-3, total_steps=a.epochs * spe)
     for ep in range(a.epochs):
         net.train(); dec.train(); order = torch.randperm(len(train), generator=g)
         for i in range(spe):
             x = train[order[i * bs:(i + 1) * bs]]; y = trl[order[i * bs:(i + 1) * bs]].long().view(-1)
-            v1, v2 = rotate(augment(x, g), a.rot, g), rotate(augment(x, g), a.rot, g)
+            if a.dense:  # one symmetry for both views (augment's flips and transposes), then each its own shift
+                n = len(x); base = x
+                base = torch.where((torch.rand(n, generator=g) < 0.5)[:, None, None, None], base.flip(3), base)
+                base = torch.where((torch.rand(n, generator=g) < 0.5)[:, None, None, None], base.flip(2), base)
+                base = torch.where((torch.rand(n, generator=g) < 0.5)[:, None, None, None], base.transpose(2, 3), base)
+                def shifted(b):
+                    padded = F.pad(b, (2, 2, 2, 2), mode="reflect"); dy, dx = torch.randint(0, 5, (2, n), generator=g)
+                    rows = (dy[:, None] + torch.arange(28))[:, None, :, None]; cols = (dx[:, None] + torch.arange(28))[:, None, None, :]
+                    return padded[torch.arange(n)[:, None, None, None], torch.arange(b.shape[1])[None, :, None, None], rows, cols]
+                v1, v2 = shifted(base), shifted(base)
+            else:
+                v1, v2 = rotate(augment(x, g), a.rot, g), rotate(augment(x, g), a.rot, g)
             if a.crop:
                 def crop(v):
                     oy, ox = torch.randint(0, 29 - a.crop, (2,), generator=g).tolist()
                     return v[:, :, oy:oy + a.crop, ox:ox + a.crop]
                 v1, v2 = crop(v1), crop(v2)
-            e1, e2 = net(v1), net(v2)
+            if a.dense:
+                body = list(net.body)
+                h1, h2 = v1, v2
+                for m in body[:-2]: h1, h2 = m(h1), m(h2)  # (N, D, 7, 7)
+                e1, e2 = h1.mean((2, 3)), h2.mean((2, 3))
+                cells = torch.randint(0, 49, (len(x), 8), generator=g)  # 8 cells per image, the same in both views
+                pick = lambda h: h.flatten(2).gather(2, cells[:, None, :].expand(-1, h.shape[1], -1)).permute(0, 2, 1).reshape(-1, h.shape[1])
+                dense_loss = nt_xent(local_head(pick(h1)), local_head(pick(h2)), a.temp)
+            else:
+                e1, e2 = net(v1), net(v2)
             loss = a.contrast * nt_xent(net.projection(e1), net.projection(e2), a.temp) if a.contrast else 0.0
             if a.recon:
                 loss = loss + a.recon * (F.mse_loss(dec(e1), v1) + F.mse_loss(dec(e2), v2)) / 2
+            if a.dense:
+                loss = loss + a.dense * dense_loss
             if a.grade:
                 loss = loss + a.grade * (F.cross_entropy(head(e1), y) + F.cross_entropy(head(e2), y)) / 2
             opt.zero_grad(); loss.backward(); opt.step(); sch.step()
