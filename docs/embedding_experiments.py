@@ -110,7 +110,8 @@ def maps(x):
         for m in list(net.body)[:-2]: h = m(h)
     return h.double()
 def readouts(m):
-    return {"avg": m.mean((2, 3)), "max": m.amax((2, 3)), "gem4": m.clamp_min(0).pow(4).mean((2, 3)).pow(0.25)}
+    return {"avg": m.mean((2, 3)), "max": m.amax((2, 3)), "gem4": m.clamp_min(0).pow(4).mean((2, 3)).pow(0.25),
+            "pool2x2": F.adaptive_avg_pool2d(m, 2).flatten(1)}  # spatial: the mean of each quadrant (4 x D)
 def fid(x, y):
     x, y = x.numpy(), y.numpy(); s1, s2 = np.cov(x, rowvar=False), np.cov(y, rowvar=False)
     return float(((x.mean(0) - y.mean(0)) ** 2).sum() + np.trace(s1 + s2 - 2 * scipy.linalg.sqrtm(s1 @ s2).real))
