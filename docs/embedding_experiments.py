@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 from retina_gans.data import ensure_data_file, load_split
 from retina_gans.pixels import to_model_range
-from retina_gans.metrics.retina_embedding import RetinaEmbeddingNet, augment, nt_xent, load_retina_embedding
+from retina_gans.metrics.retina_embedding import RetinaEmbeddingNet, augment, load_retina_embedding, nt_xent, shift, symmetry
 from retina_gans.metrics.validity import DAMAGES
 p = argparse.ArgumentParser()
 p.add_argument("--recon", type=float, default=0.0); p.add_argument("--contrast", type=float, default=1.0)
@@ -63,16 +63,9 @@ else:
         net.train(); dec.train(); order = torch.randperm(len(train), generator=g)
         for i in range(spe):
             x = train[order[i * bs:(i + 1) * bs]]; y = trl[order[i * bs:(i + 1) * bs]].long().view(-1)
-            if a.dense:  # one symmetry for both views (augment's flips and transposes), then each its own shift
-                n = len(x); base = x
-                base = torch.where((torch.rand(n, generator=g) < 0.5)[:, None, None, None], base.flip(3), base)
-                base = torch.where((torch.rand(n, generator=g) < 0.5)[:, None, None, None], base.flip(2), base)
-                base = torch.where((torch.rand(n, generator=g) < 0.5)[:, None, None, None], base.transpose(2, 3), base)
-                def shifted(b):
-                    padded = F.pad(b, (2, 2, 2, 2), mode="reflect"); dy, dx = torch.randint(0, 5, (2, n), generator=g)
-                    rows = (dy[:, None] + torch.arange(28))[:, None, :, None]; cols = (dx[:, None] + torch.arange(28))[:, None, None, :]
-                    return padded[torch.arange(n)[:, None, None, None], torch.arange(b.shape[1])[None, :, None, None], rows, cols]
-                v1, v2 = shifted(base), shifted(base)
+            if a.dense:  # one symmetry for both views, then each its own shift
+                base = symmetry(x, g)
+                v1, v2 = shift(base, g), shift(base, g)
             else:
                 v1, v2 = rotate(augment(x, g), a.rot, g), rotate(augment(x, g), a.rot, g)
             if a.crop:

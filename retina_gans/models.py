@@ -148,15 +148,12 @@ class GAN(L.LightningModule):
         loss, extra = self.objective.critic_loss(real_scores, fake_scores)
         if self.augment is not None:
             extra |= self.augment.observe(self.objective, real_scores.detach(), fake_scores.detach())
-        for regularizer in self.regularizers:
-            term, values = regularizer.penalty(critic, real, fake, self.critic_steps + 1, self._grad_scale)
-            if term is not None:
-                loss = loss + term
-            extra |= values
-            term, values = regularizer.score_penalty(real_scores, fake_scores)
-            if term is not None:
-                loss = loss + term
-            extra |= values
+        for regularizer in self.regularizers:  # each may add a term from the images and one from the scores
+            for term, values in (regularizer.penalty(critic, real, fake, self.critic_steps + 1, self._grad_scale),
+                                 regularizer.score_penalty(real_scores, fake_scores)):
+                if term is not None:
+                    loss = loss + term
+                extra |= values
         return loss, extra
 
     def generator_loss(self, fake: Tensor, grades: Tensor | None = None) -> Tensor:

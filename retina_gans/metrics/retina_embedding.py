@@ -75,18 +75,28 @@ def load_retina_embedding(channels: int, path: str | Path | None = None) -> Reti
     return model.requires_grad_(False).eval()
 
 
-def augment(x: Tensor, generator: torch.Generator) -> Tensor:
-    """Random flips, 90-degree rotations and shifts of up to 2 pixels (reflect padding); x float (N, C, 28, 28)."""
+def symmetry(x: Tensor, generator: torch.Generator) -> Tensor:
+    """One of the 8 symmetries of the square per image (x- and y-flips, then a transpose: rotations by 90 degrees and
+    reflections); x float (N, C, 28, 28)."""
     n = x.shape[0]
     x = torch.where((torch.rand(n, generator=generator) < 0.5)[:, None, None, None], x.flip(3), x)
     x = torch.where((torch.rand(n, generator=generator) < 0.5)[:, None, None, None], x.flip(2), x)
-    x = torch.where((torch.rand(n, generator=generator) < 0.5)[:, None, None, None], x.transpose(2, 3), x)  # with
-    # the flips: all 8 symmetries of the square (rotations by 90 degrees and reflections)
+    return torch.where((torch.rand(n, generator=generator) < 0.5)[:, None, None, None], x.transpose(2, 3), x)
+
+
+def shift(x: Tensor, generator: torch.Generator) -> Tensor:
+    """Whole-pixel shifts of up to 2 pixels per image (reflect padding); x float (N, C, 28, 28)."""
+    n = x.shape[0]
     padded = F.pad(x, (2, 2, 2, 2), mode="reflect")  # (N, C, 32, 32)
     dy, dx = torch.randint(0, 5, (2, n), generator=generator)
     rows = (dy[:, None] + torch.arange(INPUT_SIZE))[:, None, :, None]  # (N, 1, 28, 1)
     cols = (dx[:, None] + torch.arange(INPUT_SIZE))[:, None, None, :]  # (N, 1, 1, 28)
     return padded[torch.arange(n)[:, None, None, None], torch.arange(x.shape[1])[None, :, None, None], rows, cols]
+
+
+def augment(x: Tensor, generator: torch.Generator) -> Tensor:
+    """A training view: a random symmetry of the square, then a shift of up to 2 pixels."""
+    return shift(symmetry(x, generator), generator)
 
 
 def nt_xent(z1: Tensor, z2: Tensor, temperature: float) -> Tensor:
