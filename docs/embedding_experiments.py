@@ -1,6 +1,7 @@
 """Embedding experiments for the metric issue (docs/embedding_experiments.md): train a variant of the retina_v2
-recipe (or load the committed weights) and print its FID, with three read-outs of the last block (global mean, max,
-GeM p=4), for every damage of the validity check, as multiples of the undamaged floor (400 test vs 1,080 train).
+recipe (or load the committed weights) and print its FID, with several read-outs of the last block (global mean,
+max, GeM p=4, quadrants, mean and sd, every cell a sample), for every damage of the validity check, as multiples of
+the undamaged floor (400 test vs 1,080 train).
 
     python docs/embedding_experiments.py --committed --tag committed
     python docs/embedding_experiments.py --recon 1 --tag recon1      # + an autoencoder decoder on the embedding
@@ -8,6 +9,8 @@ GeM p=4), for every damage of the validity check, as multiples of the undamaged 
     python docs/embedding_experiments.py --crop 20 --tag crop20      # views are 20x20 crops (no resizing)
     python docs/embedding_experiments.py --grade 1 --tag grade1      # + grade cross-entropy from the embedding
     python docs/embedding_experiments.py --dense 1 --tag dense1      # + NT-Xent between the two views' local features
+    python docs/embedding_experiments.py --dense 1 --save /tmp/d.pt  # then, without training again:
+    python docs/embedding_experiments.py --load /tmp/d.pt --tag d
 
 Writes /tmp/emb_<tag>.json. Not part of the package; an experiment record."""
 import argparse, time, math, torch, numpy as np, scipy.linalg, json
@@ -26,6 +29,7 @@ p.add_argument("--grade", type=float, default=0.0, help="weight of a grade cross
 p.add_argument("--dense", type=float, default=0.0, help="weight of a per-location NT-Xent: the views share one symmetry "
                "and differ by integer shifts (<= 2 px, under one cell of the 7x7 map), so a cell's partner is the same cell")
 p.add_argument("--save", help="also save the trained network's state dict here")
+p.add_argument("--load", help="score a state dict saved with --save instead of training")
 p.add_argument("--tag", default="x"); p.add_argument("--crop", type=int, default=0); p.add_argument("--temp", type=float, default=0.2)
 a = p.parse_args(); torch.set_num_threads(a.threads)
 import os
@@ -51,6 +55,8 @@ def rotate(x, deg, g):
 t0 = time.time()
 if a.committed:
     net = load_retina_embedding(1)
+elif a.load:
+    net = RetinaEmbeddingNet(1); net.load_state_dict(torch.load(a.load, weights_only=True)); net.eval()
 else:
     torch.manual_seed(a.seed); g = torch.Generator().manual_seed(a.seed)
     net = RetinaEmbeddingNet(1); dec = Decoder(); head = nn.Linear(net.embedding_dim, 5)
@@ -104,7 +110,9 @@ def maps(x):
     return h.double()
 def readouts(m):
     return {"avg": m.mean((2, 3)), "max": m.amax((2, 3)), "gem4": m.clamp_min(0).pow(4).mean((2, 3)).pow(0.25),
-            "pool2x2": F.adaptive_avg_pool2d(m, 2).flatten(1)}  # spatial: the mean of each quadrant (4 x D)
+            "pool2x2": F.adaptive_avg_pool2d(m, 2).flatten(1),  # spatial: the mean of each quadrant (4 x D)
+            "meanstd": torch.cat([m.mean((2, 3)), m.std((2, 3))], 1),  # each channel's mean and sd over the 49 cells
+            "patch": m.flatten(2).permute(0, 2, 1).reshape(-1, m.shape[1])}  # every cell a sample: (49 N, D)
 def fid(x, y):
     x, y = x.numpy(), y.numpy(); s1, s2 = np.cov(x, rowvar=False), np.cov(y, rowvar=False)
     return float(((x.mean(0) - y.mean(0)) ** 2).sum() + np.trace(s1 + s2 - 2 * scipy.linalg.sqrtm(s1 @ s2).real))
