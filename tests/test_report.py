@@ -372,3 +372,13 @@ def test_answer_counts_a_metric_on_which_every_model_ties_as_no_disagreement(tmp
     assert "copy_fraction: all tied" in answer
     disagreement = answer.split("**They disagree with FID (retina_v2) on ", 1)[1].split("**", 1)[0]
     assert disagreement == "recall (retina_v2)"
+
+
+def test_report_of_one_model_says_there_is_nothing_to_rank_instead_of_an_empty_answer(tmp_path):
+    root = tmp_path / "one"
+    _fake_part(root / "small_data", ["experiment=small_data", "model=nsgan", "seed=0,1"],
+               [({"seed": "0"}, 0.5), ({"seed": "1"}, 0.52)])
+    text = (build_report(root, c2st=False) / "report.md").read_text()
+    answer = text.split("## Answer\n\n", 1)[1].split("\n## ", 1)[0].strip()
+    assert answer.startswith("One model per section (NS-GAN): nothing to rank here.")
+    assert "Across sections" not in answer and "FID (retina_v2)" in answer

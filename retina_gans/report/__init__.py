@@ -282,6 +282,12 @@ def _answer(doc: Doc, sweep: Sweep, main: str, columns: list[tuple[str, str, str
                         "winner." if disagree else f"Every one agrees with {main_label}.")) if firsts else ""
         sentences.append(f"**{section}:** {model_name(best)} has the lowest final {main_label} ({cells}); its lead "
                          f"{'; '.join(leads)}. {agreement} Caveats: {'; '.join(caveats)}.")
+    if not sentences:  # every section has one model (a report of one model's runs): say so, not an empty heading
+        models = ", ".join(dict.fromkeys(model_name(r.model) for r in sweep.runs))
+        several = len(dict.fromkeys(r.section for r in sweep.runs)) > 1
+        sentences.append(f"One model per section ({models}): nothing to rank here. "
+                         + ("*Across sections* compares a model's sections. " if several else "")
+                         + f"The final {main_label} and the other metrics are in the tables below.")
     doc.p("\n\n".join(sentences))
 
 
