@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from retina_gans.metrics import METRICS, GenerationMetrics, direction, memorization, metric_for_key
 from retina_gans.metrics import damage
@@ -168,6 +169,20 @@ def test_validity_quick_run_meets_the_main_fid_requirements(tmp_path):
     faint = next(r for r in result["rows"] if r["damage"] == "gaussian_noise" and r["strength"] == 0.02)
     assert faint["metrics"]["fid_retina_v2"] < 2.5 * floor
     assert (tmp_path / "v" / "validity.png").stat().st_size > 0
+    assert "fid_retina_v2 rises with every step of gaussian_noise" in {c["statement"] for c in result["requirements"]}
+
+
+def test_validity_and_report_read_the_main_metric_from_the_config_not_a_copy(monkeypatch, tmp_path):
+    """The validity check's requirements and the report's default are about conf/metrics/default.yaml's
+    `metrics.main`: switching it there (to a future embedding) moves them along."""
+    from retina_gans import variants
+    from retina_gans.metrics import registry
+
+    assert registry.configured_main() == OmegaConf.load(variants.CONF_DIR / "metrics" / "default.yaml").main
+    (tmp_path / "metrics").mkdir()
+    (tmp_path / "metrics" / "default.yaml").write_text("main: fid_retina\n")
+    monkeypatch.setattr(variants, "CONF_DIR", tmp_path)
+    assert registry.configured_main() == "fid_retina" and registry.extractor_of_key("fid_retina") == "retina"
 
 
 # ---- the retina_v2 embedding: its recipe and its committed weights ---------------------------------------------

@@ -96,6 +96,16 @@ def metric_for_key(key: str) -> Metric | None:
     return None
 
 
+def configured_main() -> str:
+    """`metrics.main` of conf/metrics/default.yaml (e.g. 'fid_retina_v2'): the metric every decision reads. The
+    validity check and the report (for runs that predate the key) read it here instead of a copy of its value."""
+    import yaml  # light; only the CLI paths call this
+
+    from retina_gans.variants import CONF_DIR
+
+    return yaml.safe_load((CONF_DIR / "metrics" / "default.yaml").read_text())["main"]
+
+
 def extractor_of_key(key: str) -> str | None:
     """'fid_retina_v2' -> 'retina_v2'; None for a key without an extractor (memorization)."""
     metric = metric_for_key(key)

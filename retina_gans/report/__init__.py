@@ -27,7 +27,7 @@ from retina_gans.report.render import Doc
 from retina_gans.report.runs import COMPLETE, Run, Sweep, load_sweep
 from retina_gans.report.stats import Summary, pairwise_welch, summarize
 from retina_gans.report.stats import holm as stats_holm
-from retina_gans.metrics.registry import METRICS, direction, extractor_of_key, metric_for_key
+from retina_gans.metrics.registry import METRICS, configured_main, direction, extractor_of_key, metric_for_key
 
 EXTRACTOR_ORDER = {"retina_v2": 0, "retina": 1, "inception": 2}
 
@@ -35,7 +35,6 @@ EXTRACTOR_ORDER = {"retina_v2": 0, "retina": 1, "inception": 2}
 # presumably, protocol unknown.
 BLOG_HEADER = "blog (Inception-based?, 1 run, protocol not comparable)"
 C2ST_SAMPLES = 500  # per side, for the report's two-sample tests (cost grows with it)
-DEFAULT_MAIN = "fid_retina_v2"  # conf/metrics/default.yaml's metrics.main; a run's own config says which it used
 BUDGET_NOTES = {
     "blog": "`experiment=blog`: the blog's setup, 50 epochs for every model, so the WGANs (n_critic 5) make "
             "5x fewer generator steps than LS-GAN.",
@@ -115,7 +114,7 @@ def floor_of(key: str) -> float | None:
 def main_metric(runs: list[Run]) -> str:
     """`val/<metrics.main>` of the runs (their configs), else the default; val/fid_retina for runs made before it."""
     mains = {((r.config or {}).get("metrics") or {}).get("main") for r in runs} - {None}
-    key = f"val/{mains.pop() if len(mains) == 1 else DEFAULT_MAIN}"
+    key = f"val/{mains.pop() if len(mains) == 1 else configured_main()}"
     if not any(key in r.epochs.columns for r in runs) and any("val/fid_retina" in r.epochs.columns for r in runs):
         return "val/fid_retina"  # runs from before retina_v2
     return key
