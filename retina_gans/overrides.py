@@ -1,6 +1,8 @@
 """Writing Hydra overrides that parse back to the same value (kept free of heavy imports: `compare` uses it)."""
 
 import re
+import sys
+from pathlib import Path
 
 # What Hydra's override grammar takes unquoted in a value that is a path; anything else ('=' and ',' of a sweep's job
 # folder names such as `0_experiment=blog,model=lsgan,seed=0`, spaces, brackets, quotes, '$') needs quoting.
@@ -14,3 +16,23 @@ def override(key: str, value: object) -> str:
         return f"{key}={text}"
     escaped = text.replace("'", "\\'")  # Hydra reads a backslash as an escape only before a quote
     return f"{key}='{escaped}'"
+
+
+def quote_existing_paths(argv: list[str]) -> list[str]:
+    """Command-line overrides whose value is an existing file or folder that Hydra's grammar cannot read unquoted
+    (`ckpt_path=logs/compare/.../0_experiment=blog,model=lsgan,seed=0/checkpoints/last.ckpt`: compare's own job
+    folders), quoted as `override` writes them; everything else unchanged, so sweeps and quoted values still work."""
+    out = []
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if (sep and value and not arg.startswith("-") and value[0] not in "'\"" and not _PLAIN.fullmatch(value)
+                and re.fullmatch(r"[+~]{0,2}[\w.]+", key) and Path(value).exists()):
+            arg = override(key, value)
+        out.append(arg)
+    return out
+
+
+def run_cli(main) -> None:
+    """Calls a `@hydra.main` entry point with `quote_existing_paths` applied to the command line."""
+    sys.argv = [sys.argv[0]] + quote_existing_paths(sys.argv[1:])
+    main()

@@ -23,6 +23,7 @@ from torch import Tensor
 
 from retina_gans.checkpointing import CheckpointFileError
 from retina_gans.models import GAN
+from retina_gans.overrides import run_cli
 
 log = logging.getLogger(__name__)
 
@@ -149,4 +150,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)  # a job folder's path (with '=' and ',') works unquoted

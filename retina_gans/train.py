@@ -31,7 +31,7 @@ from retina_gans.checkpointing import CheckpointFileError, completed_epochs, rea
 from retina_gans.config_validation import ConfigError, check_run_ends, validate
 from retina_gans.data import DataFileError
 from retina_gans.divergence import DivergenceError
-from retina_gans.overrides import override
+from retina_gans.overrides import override, run_cli
 
 log = logging.getLogger(__name__)
 
@@ -374,4 +374,4 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)  # a job folder's path (with '=' and ',') works unquoted

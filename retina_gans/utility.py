@@ -29,6 +29,7 @@ from torch import Tensor
 from retina_gans.checkpointing import CheckpointFileError
 from retina_gans.data import SPLITS, DataFileError, ensure_data_file, load_split
 from retina_gans.metrics.retina_classifier import INPUT_SIZE, N_CLASSES, fit_classifier
+from retina_gans.overrides import run_cli
 from retina_gans.pixels import to_model_range
 
 log = logging.getLogger(__name__)
@@ -189,4 +190,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)  # a job folder's path (with '=' and ',') works unquoted

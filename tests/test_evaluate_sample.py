@@ -1,6 +1,7 @@
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -68,8 +69,11 @@ def test_evaluate_scores_a_checkpoint_against_any_split(trained_checkpoints, syn
 
 
 def test_evaluate_command_writes_json_beside_the_checkpoint(trained_checkpoints, synthetic_data_dir, tmp_path):
+    """...typed as the README writes it, unquoted, for a checkpoint in a compare job's folder ('=' and ',' in it)."""
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "RETINA_GANS_LOGS": str(tmp_path)}
-    ckpt = trained_checkpoints[1]
+    ckpt = tmp_path / "0_experiment=blog,model=lsgan,seed=0" / "checkpoints" / "last.ckpt"
+    ckpt.parent.mkdir(parents=True)
+    shutil.copy(trained_checkpoints[1], ckpt)
     result = subprocess.run(
         [sys.executable, "-m", "retina_gans.evaluate", f"ckpt_path={ckpt}", "n_samples=200", "reference_split=test",
          "extractors=[retina]", f"data.root={synthetic_data_dir}", "data.verify_md5=false", "device=cpu", "c2st=false"],

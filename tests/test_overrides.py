@@ -7,7 +7,7 @@ import pytest
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
-from retina_gans.overrides import override
+from retina_gans.overrides import override, quote_existing_paths
 from retina_gans.train import resume_command
 
 PATHS = [
@@ -33,3 +33,18 @@ def test_the_resume_command_of_a_sweep_job_names_its_checkpoint_correctly():
     command = shlex.split(resume_command(OmegaConf.create({"paths": {"output_dir": run}}), "trainer.max_epochs=100"))
     parsed = OverridesParser.create().parse_overrides(command[3:])
     assert {o.key_or_group: o.value() for o in parsed} == {"trainer.max_epochs": 100, "ckpt_path": f"{run}/checkpoints/last.ckpt"}
+
+
+def test_a_typed_path_to_a_job_folder_works_unquoted_and_sweeps_stay_sweeps(tmp_path):
+    """`python -m retina_gans.evaluate ckpt_path=<compare job>/checkpoints/last.ckpt` as the README writes it: Hydra
+    alone fails on the folder's '=' and ','; the CLIs quote a value that names an existing path, and nothing else."""
+    ckpt = tmp_path / "0_experiment=blog,model=lsgan,seed=0" / "checkpoints" / "last.ckpt"
+    ckpt.parent.mkdir(parents=True)
+    ckpt.write_bytes(b"")
+    argv = [f"ckpt_path={ckpt}", "model=lsgan,nsgan", "seed=0,1", f"samples={tmp_path}/missing,x.npz",
+            f"+ckpt_path='{ckpt}'", f"data.root={tmp_path}", "--multirun"]
+    quoted = quote_existing_paths(argv)
+    assert quoted[1:] == argv[1:]  # sweeps, missing paths, quoted and plain values, flags: untouched
+    parsed = OverridesParser.create().parse_overrides(quoted[:-1])
+    assert parsed[0].key_or_group == "ckpt_path" and parsed[0].value() == str(ckpt)
+    assert [p.is_sweep_override() for p in parsed[:3]] == [False, True, True]
