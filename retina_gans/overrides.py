@@ -25,11 +25,18 @@ def quote_existing_paths(argv: list[str]) -> list[str]:
     out = []
     for arg in argv:
         key, sep, value = arg.partition("=")
-        if (sep and value and not arg.startswith("-") and value[0] not in "'\"" and not _PLAIN.fullmatch(value)
-                and re.fullmatch(r"[+~]{0,2}[\w.]+", key) and Path(value).exists()):
+        if (sep and value and not arg.startswith("-") and value[0] not in "'\"[{" and not _PLAIN.fullmatch(value)
+                and re.fullmatch(r"[+~]{0,2}[\w.]+", key) and _exists(value)):
             arg = override(key, value)
         out.append(arg)
     return out
+
+
+def _exists(path: str) -> bool:
+    try:
+        return Path(path).exists()
+    except (OSError, ValueError):  # a name too long for the file system, a NUL byte: not a path
+        return False
 
 
 def run_cli(main) -> None:

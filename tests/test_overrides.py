@@ -42,7 +42,8 @@ def test_a_typed_path_to_a_job_folder_works_unquoted_and_sweeps_stay_sweeps(tmp_
     ckpt.parent.mkdir(parents=True)
     ckpt.write_bytes(b"")
     argv = [f"ckpt_path={ckpt}", "model=lsgan,nsgan", "seed=0,1", f"samples={tmp_path}/missing,x.npz",
-            f"+ckpt_path='{ckpt}'", f"data.root={tmp_path}", "--multirun"]
+            f"+ckpt_path='{ckpt}'", f"data.root={tmp_path}", "hydra.job.config.override_dirname.exclude_keys=[a,b]",
+            "x=" + ",".join(["y" * 50] * 20), "--multirun"]  # a list; a value too long for a file name (once an OSError)
     quoted = quote_existing_paths(argv)
     assert quoted[1:] == argv[1:]  # sweeps, missing paths, quoted and plain values, flags: untouched
     parsed = OverridesParser.create().parse_overrides(quoted[:-1])
