@@ -7,6 +7,7 @@ from pathlib import Path
 # What Hydra's override grammar takes unquoted in a value that is a path; anything else ('=' and ',' of a sweep's job
 # folder names such as `0_experiment=blog,model=lsgan,seed=0`, spaces, brackets, quotes, '$') needs quoting.
 _PLAIN = re.compile(r"[A-Za-z0-9_./\-+:@~%]+")
+_KEY = re.compile(r"[+~]{0,2}[\w.]+")  # an override's key, with Hydra's +, ++ or ~ prefix
 
 
 def override(key: str, value: object) -> str:
@@ -26,7 +27,7 @@ def quote_existing_paths(argv: list[str]) -> list[str]:
     for arg in argv:
         key, sep, value = arg.partition("=")
         if (sep and value and not arg.startswith("-") and value[0] not in "'\"[{" and not _PLAIN.fullmatch(value)
-                and re.fullmatch(r"[+~]{0,2}[\w.]+", key) and _exists(value)):
+                and _KEY.fullmatch(key) and _exists(value)):
             arg = override(key, value)
         out.append(arg)
     return out

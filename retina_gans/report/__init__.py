@@ -234,7 +234,8 @@ def _answer(doc: Doc, sweep: Sweep, main: str, columns: list[tuple[str, str, str
     others = [(label, key, better) for label, key, better in columns if key != main and better != "one"
               and (extractor_of_key(key) in (None, ext)) and key not in ("val/memorization",)]
     sentences = []
-    for section in dict.fromkeys(r.section for r in sweep.runs):
+    sections = list(dict.fromkeys(r.section for r in sweep.runs))
+    for section in sections:
         by_model = _by_model([r for r in sweep.runs if r.section == section])
         complete = {m: [r.final(main) for r in rs if r.status == COMPLETE] for m, rs in by_model.items()}
         stats = {m: s for m, values in complete.items() if (s := summarize(values)) is not None}
@@ -283,9 +284,8 @@ def _answer(doc: Doc, sweep: Sweep, main: str, columns: list[tuple[str, str, str
                          f"{'; '.join(leads)}. {agreement} Caveats: {'; '.join(caveats)}.")
     if not sentences:  # every section has one model (a report of one model's runs): say so, not an empty heading
         models = ", ".join(dict.fromkeys(model_name(r.model) for r in sweep.runs))
-        several = len(dict.fromkeys(r.section for r in sweep.runs)) > 1
         sentences.append(f"One model per section ({models}): nothing to rank here. "
-                         + ("*Across sections* compares a model's sections. " if several else "")
+                         + ("*Across sections* compares a model's sections. " if len(sections) > 1 else "")
                          + f"The final {main_label} and the other metrics are in the tables below.")
     doc.p("\n\n".join(sentences))
 
