@@ -153,7 +153,9 @@ def run(cfg: DictConfig) -> tuple[dict[str, Any], Path]:
         data = gan.run_config["data"]
         n = cfg.n_samples or {"train": 1080, "val": 120, "test": 400}[cfg.reference_split]
         _check_count(n, f"n_samples={n}")
-        default_out = source.parent / f"eval-{source.stem}-{cfg.reference_split}-n{n}.json"
+        # the noise seed names the draw (seed 0, the default, keeps the name results had before it was added)
+        draw = f"-noise{cfg.noise_seed}" if cfg.noise_seed != 0 else ""
+        default_out = source.parent / f"eval-{source.stem}-{cfg.reference_split}-n{n}{draw}.json"
         protocol_source = {"checkpoint": str(source), "model": gan.run_config["model"]["_target_"],
                            "noise_seed": cfg.noise_seed, "ema": gan.ema is not None}
         images = None

@@ -68,6 +68,18 @@ def test_evaluate_scores_a_checkpoint_against_any_split(trained_checkpoints, syn
     assert metrics["fid_retina"] > 0 and 1.0 <= metrics["is_retina"] <= 5.0
 
 
+def test_evaluate_default_output_names_the_noise_draw(trained_checkpoints, synthetic_data_dir, tmp_path):
+    """Draws 0 and 1 of the same checkpoint land in two files: the second is not refused as an existing result."""
+    ckpt = tmp_path / "run" / "last.ckpt"
+    ckpt.parent.mkdir()
+    shutil.copy(trained_checkpoints[1], ckpt)
+    draws = [run(evaluate_config(synthetic_data_dir, ckpt_path=str(ckpt), n_samples=200, reference_split="test",
+                                 noise_seed=seed)) for seed in (0, 1)]
+    assert [Path(out).name for _, out in draws] == ["eval-last-test-n200.json", "eval-last-test-n200-noise1.json"]
+    assert [result["noise_seed"] for result, _ in draws] == [0, 1]
+    assert draws[0][0]["metrics"]["fid_retina"] != draws[1][0]["metrics"]["fid_retina"]  # two different draws
+
+
 def test_evaluate_command_writes_json_beside_the_checkpoint(trained_checkpoints, synthetic_data_dir, tmp_path):
     """...typed as the README writes it, unquoted, for a checkpoint in a compare job's folder ('=' and ',' in it)."""
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "RETINA_GANS_LOGS": str(tmp_path)}

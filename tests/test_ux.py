@@ -125,6 +125,16 @@ def test_the_console_carries_no_noise_and_train_log_keeps_the_run(synthetic_data
     assert "finished 1 epoch" in log and "GPU available" in log  # Lightning's own lines too
 
 
+@pytest.mark.parametrize("module", ["retina_gans.metrics.retina_embedding", "retina_gans.metrics.retina_classifier",
+                                    "retina_gans.metrics.validity"])
+def test_the_metric_commands_start_without_a_runpy_warning(module):
+    """The package's __init__ imports lazily, so `python -m` of its modules runs each module once."""
+    result = subprocess.run([sys.executable, "-m", module, "--help"], cwd=PROJECT, capture_output=True, text=True,
+                            timeout=120, env={**os.environ, "PYTHONPATH": str(PROJECT)})
+    assert result.returncode == 0 and "usage" in result.stdout
+    assert "Warning" not in result.stderr, result.stderr
+
+
 # ---- report ---------------------------------------------------------------------------------------------
 
 def _fake_run(folder: Path, model: str, seed: int, fid: float) -> None:

@@ -1,9 +1,29 @@
-"""Generation metrics: one registry (`registry.METRICS`) computed by `GenerationMetrics` for every caller."""
+"""Generation metrics: one registry (`registry.METRICS`) computed by `GenerationMetrics` for every caller.
 
-from retina_gans.metrics.extractors import EXTRACTORS, InceptionWeightsError, resolve_extractors
-from retina_gans.metrics.generation_metrics import GenerationMetrics
-from retina_gans.metrics.memorization import memorization, memorization_ratio
-from retina_gans.metrics.registry import METRICS, direction, metric_for_key
+The names below are imported on first use (PEP 562), so that `python -m retina_gans.metrics.<module>` (the
+embedding's and the classifier's training commands, the validity check) runs its module once, without runpy's
+"found in sys.modules" warning.
+"""
 
-__all__ = ["EXTRACTORS", "METRICS", "GenerationMetrics", "InceptionWeightsError", "direction", "memorization",
-           "memorization_ratio", "metric_for_key", "resolve_extractors"]
+import importlib
+
+_WHERE = {
+    "EXTRACTORS": "extractors", "InceptionWeightsError": "extractors", "resolve_extractors": "extractors",
+    "GenerationMetrics": "generation_metrics",
+    "memorization": "memorization", "memorization_ratio": "memorization",
+    "METRICS": "registry", "direction": "registry", "metric_for_key": "registry",
+}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
