@@ -196,6 +196,48 @@ def test_retina_embedding_training_is_reproducible_and_leaves_no_global_flags():
     assert not torch.are_deterministic_algorithms_enabled()  # only the command line sets it, in its own process
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("module, trainer", [("retina_embedding", "train_embedding"), ("retina_classifier", "train")])
+def test_asset_commands_train_under_pinned_numerics_and_verify_their_weights(module, trainer, tmp_path, monkeypatch):
+    """The commands train with one thread, AVX2 kernels and deterministic algorithms whatever the caller set, and
+    give the caller's settings back; --verify reports equal weights (0), a changed weight (1), a missing file (2)."""
+    import importlib
+    import os
+
+    from retina_gans.metrics.asset_recipe import PORTABLE_ENV
+    from tests.metrics_fixtures import write_synthetic_retinamnist
+
+    command = importlib.import_module(f"retina_gans.metrics.{module}")
+    seen = []
+
+    def recording(*args, **kwargs):
+        seen.append((torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
+                     {k: os.environ.get(k) for k in PORTABLE_ENV}))
+        return original(*args, **kwargs)
+
+    original = getattr(command, trainer)
+    monkeypatch.setattr(command, trainer, recording)
+    write_synthetic_retinamnist(tmp_path / "data")
+    args = ["--channels", "1", "--data-root", str(tmp_path / "data"), "--epochs", "2", "--skip-md5"]
+    threads, flag = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    before = {k: os.environ.get(k) for k in PORTABLE_ENV}
+    try:
+        torch.set_num_threads(2)
+        assert command.main([*args, "--out", str(tmp_path / "w.pt")]) == 0
+        assert seen == [(1, True, PORTABLE_ENV)]
+        assert torch.get_num_threads() == 2 and torch.are_deterministic_algorithms_enabled() == flag
+        assert all(os.environ.get(k) == before.get(k) for k in PORTABLE_ENV)
+        assert command.main([*args, "--out", str(tmp_path / "w.pt"), "--verify"]) == 0
+        saved = torch.load(tmp_path / "w.pt", weights_only=True)
+        name = next(k for k, v in saved["state_dict"].items() if v.is_floating_point())
+        saved["state_dict"][name] = saved["state_dict"][name] + 1e-6
+        torch.save(saved, tmp_path / "changed.pt")
+        assert command.main([*args, "--out", str(tmp_path / "changed.pt"), "--verify"]) == 1
+        assert command.main([*args, "--out", str(tmp_path / "missing.pt"), "--verify"]) == 2
+    finally:
+        torch.set_num_threads(threads)
+
+
 @pytest.mark.parametrize("channels", [1, 3])
 def test_retina_v2_assets_load_and_name_the_command_that_made_them(channels):
     from retina_gans.metrics.retina_embedding import load_retina_embedding, weights_file

@@ -2,10 +2,12 @@
 
 Inception features of 28x28 fundus images upsampled to 299x299 measure mostly ImageNet texture statistics;
 a classifier trained on the same domain gives FID/KID an embedding (the penultimate layer) and IS a softmax
-that respond to what matters here. Train the committed weights with
+that respond to what matters here. Train the weights (under the pinned numerics of `asset_recipe`) with
 
     python -m retina_gans.metrics.retina_classifier --channels 1 --data-root ../shared/data \
         --out retina_gans/assets/retina_classifier_c1.pt
+
+and compare a retrained copy with the shipped weights with `--verify` (they predate the pinning; see `asset_recipe`).
 
 The recipe itself, `fit_classifier`, takes tensors and leaves the caller's RNG and global flags as they were:
 `retina_gans.utility` trains fresh graders with it on real and generated images.
@@ -23,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from retina_gans.data import ensure_data_file, load_split
+from retina_gans.metrics import asset_recipe
 from retina_gans.pixels import to_model_range
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
@@ -155,7 +158,7 @@ def train(
     return model, {**report, "test_accuracy": test_accuracy, "test_loss": test_loss}
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--channels", type=int, choices=(1, 3), required=True)
     parser.add_argument("--data-root", default="../shared/data")
@@ -163,12 +166,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-md5", action="store_true", help="for a data file you made yourself (tests)")
+    asset_recipe.add_arguments(parser)
     args = parser.parse_args(argv)
-    torch.use_deterministic_algorithms(True)  # this command's own process: the committed weights are reproducible
+    out = asset_recipe.out_path(args.out, weights_file(args.channels))
     start = time.perf_counter()
-    model, report = train(args.channels, args.data_root, args.epochs, args.seed, not args.skip_md5)
+    with asset_recipe.portable_numerics(args.threads):
+        model, report = train(args.channels, args.data_root, args.epochs, args.seed, not args.skip_md5)
     seconds = time.perf_counter() - start  # printed, not saved: the file's bytes must not depend on timing
-    out = Path(args.out) if args.out else weights_file(args.channels)
+    if args.verify:
+        print(f"retrained: {report}")
+        return asset_recipe.verify(out, model.state_dict(), args.threads)
     out.parent.mkdir(parents=True, exist_ok=True)
     torch.save(
         {
@@ -183,7 +190,8 @@ def main(argv: list[str] | None = None) -> None:
         out,
     )
     print(f"saved {out} after {seconds:.0f} s: {report}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

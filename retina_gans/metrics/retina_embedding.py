@@ -10,10 +10,15 @@ differ only by flips, 90-degree rotations and shifts of up to 2 pixels: changes 
 blur, cutout or colour augmentation is used, no labels, and nothing is fitted to the damages of the validity check.
 (Adding a grade-prediction head was tried: it made the embedding less sensitive to every damage.)
 
-Reproduce the committed weights bit for bit (deterministic algorithms, seed 0) with
+Train the weights (seed 0, under the pinned numerics of `asset_recipe`: one thread, AVX2 kernels, deterministic
+algorithms) with
 
     python -m retina_gans.metrics.retina_embedding --channels 1 --data-root ../shared/data \
         --out retina_gans/assets/retina_v2_c1.pt
+
+and check a machine against the shipped weights with `--verify` (retrains, writes nothing, says whether every weight
+is equal). The shipped weights predate the pinning and are not reproduced bit for bit on this project's current
+machine (see `asset_recipe`).
 """
 
 import argparse
@@ -27,6 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from retina_gans.data import ensure_data_file, load_split
+from retina_gans.metrics import asset_recipe
 from retina_gans.metrics.retina_classifier import _conv_block
 from retina_gans.pixels import to_model_range
 
@@ -133,7 +139,7 @@ def train_embedding(images: Tensor, channels: int, epochs: int, seed: int, batch
     return model.eval()
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--channels", type=int, choices=(1, 3), required=True)
     parser.add_argument("--data-root", default="../shared/data")
@@ -141,24 +147,29 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--epochs", type=int, default=60)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-md5", action="store_true", help="for a data file you made yourself (tests)")
+    asset_recipe.add_arguments(parser)
     args = parser.parse_args(argv)
-    torch.use_deterministic_algorithms(True)  # a separate process: the flag does not leak into callers
+    out = asset_recipe.out_path(args.out, weights_file(args.channels))
     start = time.perf_counter()
-    path = ensure_data_file(args.data_root, 28, download=False, verify_md5=not args.skip_md5)
-    images, _ = load_split(path, "train", 28, args.channels)
-    model = train_embedding(images, args.channels, args.epochs, args.seed)
+    with asset_recipe.portable_numerics(args.threads):  # first: the kernels read their caps once
+        path = ensure_data_file(args.data_root, 28, download=False, verify_md5=not args.skip_md5)
+        images, _ = load_split(path, "train", 28, args.channels)
+        model = train_embedding(images, args.channels, args.epochs, args.seed)
     seconds = time.perf_counter() - start  # printed, not saved: the file's bytes must not depend on timing
-    out = Path(args.out) if args.out else weights_file(args.channels)
+    state_dict = {k: v for k, v in model.state_dict().items() if k.startswith("body.")}
+    if args.verify:
+        return asset_recipe.verify(out, state_dict, args.threads)
     out.parent.mkdir(parents=True, exist_ok=True)
     torch.save({
-        "state_dict": {k: v for k, v in model.state_dict().items() if k.startswith("body.")},
+        "state_dict": state_dict,
         "channels": args.channels,
         "embedding_dim": model.embedding_dim,
         "command": "python -m retina_gans.metrics.retina_embedding " + shlex.join(argv if argv is not None else sys.argv[1:]),
         "torch_version": str(torch.__version__),
     }, out)
     print(f"saved {out} after {seconds:.0f} s")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
