@@ -7,14 +7,17 @@ embedding's and the classifier's training commands, the validity check) runs its
 
 import importlib
 
+# `memorization` names both a module and its function: imported here at once (it needs only torch), so that the
+# name is the function whoever imports the module first
+from retina_gans.metrics.memorization import memorization, memorization_ratio
+
 _WHERE = {
     "EXTRACTORS": "extractors", "InceptionWeightsError": "extractors", "resolve_extractors": "extractors",
     "GenerationMetrics": "generation_metrics",
-    "memorization": "memorization", "memorization_ratio": "memorization",
     "METRICS": "registry", "direction": "registry", "metric_for_key": "registry",
 }
 
-__all__ = sorted(_WHERE)
+__all__ = sorted([*_WHERE, "memorization", "memorization_ratio"])
 
 
 def __getattr__(name: str):
