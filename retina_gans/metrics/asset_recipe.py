@@ -5,22 +5,25 @@ Why pin the numerics: seeds and deterministic algorithms make a CPU run repeat i
 Measured on this project's 2-core machine (stop 27), the same seed gave different weights with 1 and 2 torch threads
 (oneDNN's parallel reductions), and with oneDNN allowed AVX-512 against capped at AVX2 (the kernel's summation
 order). The shipped assets (retina_v2 and the grade classifier, grayscale, committed 2026-11-23/24 on an earlier
-machine, threads and ISA not recorded) are not reproduced bit for bit here with 1 or 2 threads; a retrained retina_v2
-reproduces their validity table within about 10 % per row (README, *Can the metrics be trusted?*). So the commands now fix what they can:
-one thread, oneDNN capped at AVX2 and MKL's conditional numerical reproducibility at AVX2 (both are read when the
-library first runs a kernel, so the command sets them before it trains), deterministic algorithms. Weights made so
-should repeat on any x86-64 CPU with AVX2; that has been checked on one machine only.
+machine, threads and ISA not recorded) are not reproduced bit for bit here with 1 or 2 threads; a retrained
+retina_v2 reproduces their validity table within about 10 % per row (README, *Can the metrics be trusted?*). So the
+commands now fix what they can: one thread, oneDNN capped at AVX2 and MKL's conditional numerical reproducibility at
+AVX2 (both are read when the library first runs a kernel, so the command sets them before it trains), deterministic
+algorithms. Weights made so should repeat on any x86-64 CPU with AVX2; that has been checked on one machine only.
 """
 
 import contextlib
 import os
+import platform
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
-PORTABLE_ENV = {"ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_CBWR": "AVX2"}
+# x86-64 only: these are x86 instruction sets (elsewhere the thread count and deterministic algorithms are pinned)
+X86 = platform.machine().lower() in ("x86_64", "amd64")
+PORTABLE_ENV = {"ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_CBWR": "AVX2"} if X86 else {}
 THREADS = 1
 
 
@@ -66,9 +69,9 @@ def verify(path: Path, trained: Mapping[str, Tensor], threads: int) -> int:
     if n_differ == 0:
         print(f"--verify: identical to {path}: all {len(saved)} tensors equal, bit for bit")
         return 0
-    print(f"--verify: differs from {path}: {n_differ} of {len(saved)} tensors, largest absolute difference {largest:.3g}"
-          f" (trained with {threads} thread(s), {', '.join(f'{k}={os.environ.get(k)}' for k in PORTABLE_ENV)};"
-          " see retina_gans/metrics/asset_recipe.py)")
+    caps = "".join(f", {key}={value}" for key, value in PORTABLE_ENV.items())
+    print(f"--verify: differs from {path}: {n_differ} of {len(saved)} tensors, largest absolute difference"
+          f" {largest:.3g} (trained with {threads} thread(s){caps}; see retina_gans/metrics/asset_recipe.py)")
     return 1
 
 
