@@ -81,7 +81,3 @@ def add_arguments(parser) -> None:
     parser.add_argument("--verify", action="store_true",
                         help="retrain and compare with --out (default: the committed asset) instead of writing it; "
                              "exit code 0 if every weight is equal, 1 if not")
-
-
-def out_path(out: str | None, default: Path) -> Path:
-    return Path(out) if out else default

@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-md5", action="store_true", help="for a data file you made yourself (tests)")
     asset_recipe.add_arguments(parser)
     args = parser.parse_args(argv)
-    out = asset_recipe.out_path(args.out, weights_file(args.channels))
+    out = Path(args.out) if args.out else weights_file(args.channels)
     start = time.perf_counter()
     with asset_recipe.portable_numerics(args.threads):  # first: the kernels read their caps once
         path = ensure_data_file(args.data_root, 28, download=False, verify_md5=not args.skip_md5)
