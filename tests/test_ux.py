@@ -241,12 +241,12 @@ def test_bench_refuses_counts_it_would_ignore(argv, capsys):
 # ---- the README's commands, as written ----------------------------------------------------------------
 
 def _readme_commands() -> list[tuple[str, list[str]]]:
-    """(module, arguments) of every `python -m retina_gans.<module>` / `make compare|bench ARGS=...` in the README:
-    the lines of its bash blocks and its inline commands."""
+    """(module, arguments) of every `python -m retina_gans.<module>` / `make compare|bench ARGS=...` in the README
+    and the documents under docs/ that it links to: the lines of their bash blocks and their inline commands."""
     import re
     import shlex
 
-    text = (PROJECT / "README.md").read_text()
+    text = "\n".join(path.read_text() for path in [PROJECT / "README.md", *sorted((PROJECT / "docs").glob("*.md"))])
     lines = [line.split(" #")[0].strip() for block in re.findall(r"```bash\n(.*?)```", text, re.S)
              for line in block.replace("\\\n", " ").splitlines() if not line.lstrip().startswith("#")]  # comments: prose
     lines += re.findall(r"`((?:RETINA_GANS_DATA=\S+ )?python -m retina_gans\.[^`]*)`", text)

@@ -36,19 +36,22 @@ class Damage:
     apply: Callable[..., Tensor]  # (images, strength, generator, labels=, train=) -> images
     visible: float | None = None  # the strength a person plainly sees (the 10x requirement), if any
     fid_rises: bool = True  # False for copying: copies of training images are closer to the train split by design
+    random: bool = True  # False where the damage draws nothing (blur, swirl, checkerboard): one draw is all there is
 
 
 DAMAGES = (
     Damage("gaussian_noise", "sigma, [-1, 1] units", (0.02, 0.05, 0.1, 0.2),
            lambda x, s, g, **_: damage.gaussian_noise(x, s, g), visible=0.1),
-    Damage("gaussian_blur", "sigma, px", (0.5, 1.0, 1.5, 2.0), lambda x, s, g, **_: damage.gaussian_blur(x, s), visible=1.0),
+    Damage("gaussian_blur", "sigma, px", (0.5, 1.0, 1.5, 2.0), lambda x, s, g, **_: damage.gaussian_blur(x, s), visible=1.0,
+           random=False),
     Damage("salt_and_pepper", "fraction of pixels", (0.005, 0.01, 0.02, 0.05),
            lambda x, s, g, **_: damage.salt_and_pepper(x, s, g), visible=0.01),
     Damage("black_rectangles", "5x5 rectangles per image", (1, 2, 3, 4),
            lambda x, s, g, **_: damage.black_rectangles(x, s, g), visible=1),
-    Damage("swirl", "strength", (0.5, 1.0, 2.0, 4.0), lambda x, s, g, **_: damage.swirl(x, s)),
+    Damage("swirl", "strength", (0.5, 1.0, 2.0, 4.0), lambda x, s, g, **_: damage.swirl(x, s), random=False),
     Damage("checkerboard", "+- grey levels, 2-px period", (2.5, 5.0, 10.0, 20.0),
-           lambda x, s, g, **_: damage.checkerboard(x, s), visible=10.0),
+           lambda x, s, g, **_: damage.checkerboard(x, s), visible=10.0,
+           random=False),
     Damage("mode_collapse", "1 / distinct images", (1 / 100, 1 / 50, 1 / 10, 1 / 2),
            lambda x, s, g, **_: damage.mode_collapse(x, round(1 / s), g)),
     Damage("drop_grades", "grades removed (4, 3, ...)", (1, 2, 3, 4),
@@ -64,8 +67,10 @@ def score(metrics: GenerationMetrics, images: Tensor, slow: bool) -> dict[str, f
     return {k: float(v) for k, v in metrics.compute(images, names).items()}
 
 
-def run(data_root: str, channels: int, quick: bool, slow: bool, verify_md5: bool = True) -> dict:
-    """Every damage at every strength, scored; the undamaged floor first."""
+def run(data_root: str, channels: int, quick: bool, slow: bool, verify_md5: bool = True, draws: int = 1) -> dict:
+    """Every damage at every strength, scored; the undamaged floor first. A random damage (noise, rectangles, ...)
+    is drawn `draws` times (generator seeds 0, 1, ...): its row holds each metric's mean over the draws, and the main
+    FID of each draw under `draws`; the requirements read the means."""
     path = ensure_data_file(data_root, 28, download=False, verify_md5=verify_md5)
     train, _ = load_split(path, "train", 28, channels)
     test, test_labels = load_split(path, "test", 28, channels)
@@ -76,11 +81,15 @@ def run(data_root: str, channels: int, quick: bool, slow: bool, verify_md5: bool
     for d in DAMAGES:
         strengths = QUICK.get(d.name, ()) if quick else d.strengths
         for strength in strengths:
-            generator = torch.Generator().manual_seed(0)
-            damaged = d.apply(test, strength, generator, labels=test_labels, train=train)
-            rows.append({"damage": d.name, "strength": strength, "metrics": score(metrics, damaged, slow)})
-            print(f"{d.name} {strength:g}: {MAIN} {rows[-1]['metrics'][MAIN] / floor[MAIN]:.1f}x", file=sys.stderr, flush=True)
-    return {"floor": floor, "rows": rows, "channels": channels, "n_damaged": len(test), "n_reference": len(train)}
+            scores = [score(metrics, d.apply(test, strength, torch.Generator().manual_seed(seed), labels=test_labels,
+                                             train=train), slow) for seed in range(draws if d.random else 1)]
+            mean = {k: sum(s[k] for s in scores) / len(scores) for k in scores[0]}
+            rows.append({"damage": d.name, "strength": strength, "metrics": mean, "draws": [s[MAIN] for s in scores]})
+            spread = "" if len(scores) == 1 else \
+                f" (draws {min(rows[-1]['draws']) / floor[MAIN]:.2f}-{max(rows[-1]['draws']) / floor[MAIN]:.2f}x)"
+            print(f"{d.name} {strength:g}: {MAIN} {mean[MAIN] / floor[MAIN]:.2f}x{spread}", file=sys.stderr, flush=True)
+    return {"floor": floor, "rows": rows, "channels": channels, "n_damaged": len(test), "n_reference": len(train),
+            "draws": draws}
 
 
 def requirements(result: dict) -> list[tuple[str, bool]]:
@@ -126,14 +135,20 @@ TABLE_KEYS = tuple(dict.fromkeys(_MAIN_SET + ("spectral_distance", "memorization
 
 def markdown(result: dict) -> str:
     keys = [k for k in TABLE_KEYS if k in result["floor"]]
-    lines = ["| damage | strength | " + " | ".join(keys) + " |", "| --- | --- | " + " | ".join("---" for _ in keys) + " |"]
+    extra = [f"{MAIN}: range over draws (n)"] if result.get("draws", 1) > 1 else []
+    lines = ["| damage | strength | " + " | ".join(keys + extra) + " |",
+             "| --- | --- | " + " | ".join("---" for _ in keys + extra) + " |"]
     floor = result["floor"]
-    lines.append("| none (test vs train) | | " + " | ".join(f"{floor[k]:.3g}" for k in keys) + " |")
+    lines.append("| none (test vs train) | | " + " | ".join([f"{floor[k]:.3g}" for k in keys] + ["" for _ in extra]) + " |")
     units = {d.name: d.unit for d in DAMAGES}
     for r in result["rows"]:
         strength = f"{r['strength']:g} {units[r['damage']]}" if r["damage"] != "mode_collapse" \
             else f"{round(1 / r['strength'])} distinct images"
-        lines.append(f"| {r['damage']} | {strength} | " + " | ".join(relative(k, r["metrics"][k], floor[k]) for k in keys) + " |")
+        cells = [relative(k, r["metrics"][k], floor[k]) for k in keys]
+        if result.get("draws", 1) > 1:
+            draws = r.get("draws", [r["metrics"][MAIN]])
+            cells.append(f"{min(draws) / floor[MAIN]:.2f}-{max(draws) / floor[MAIN]:.2f}x ({len(draws)})")
+        lines.append(f"| {r['damage']} | {strength} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -195,15 +210,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--channels", type=int, choices=(1, 3), default=1)
     parser.add_argument("--quick", action="store_true", help="three damages, a strength or two each (the test's run)")
     parser.add_argument("--no-c2st", action="store_true", help="leave out the classifier two-sample test (seconds per set)")
+    parser.add_argument("--draws", type=int, default=1,
+                        help="draws of each random damage (noise, rectangles, collapse, ...); rows are their means")
     parser.add_argument("--out-dir", type=Path, default=None, help="default: logs/validity/<time>")
     args = parser.parse_args(argv)
+    if args.draws < 1:
+        parser.error(f"--draws {args.draws}: give 1 or more")
     import os
     data_root = args.data_root or os.environ.get("RETINA_GANS_DATA", "data")
     out = args.out_dir or Path("logs/validity") / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
     if out.exists() and any(out.iterdir()):
         parser.error(f"--out-dir {out} is not empty; choose another folder")
     try:
-        result = run(data_root, args.channels, args.quick, not args.no_c2st)
+        result = run(data_root, args.channels, args.quick, not args.no_c2st, draws=args.draws)
     except Exception as error:  # a missing or wrong data file: one line
         from retina_gans.data import DataFileError
         if isinstance(error, DataFileError):
