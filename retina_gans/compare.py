@@ -58,7 +58,8 @@ def budget_overrides(budget: str, overrides: list[str]) -> list[str]:
             else o for o in overrides]
 
 
-def multirun_command(seeds: int, budget: str, models: list[str], overrides: list[str], sweep_dir: Path) -> list[str]:
+def multirun_command(seeds: int, budget: str, models: list[str], overrides: list[str], sweep_dir: Path,
+                     first_seed: int = 0) -> list[str]:
     """The `retina_gans.train --multirun` argv that runs every (model, seed) of one budget into `sweep_dir`.
 
     Job folders are named by the swept keys and the budget only (`3_experiment=blog,model=wgan,seed=0`): the
@@ -79,7 +80,7 @@ def multirun_command(seeds: int, budget: str, models: list[str], overrides: list
         sys.executable, "-m", "retina_gans.train", "--multirun",
         f"experiment={budget}",
         f"model={','.join(models)}",
-        f"seed={','.join(str(s) for s in range(seeds))}",
+        f"seed={','.join(str(s) for s in range(first_seed, first_seed + seeds))}",
         "task_name=compare",
         *overrides,
         f"hydra.sweep.dir={sweep_dir}",
@@ -185,7 +186,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         description="Train GAN variants for several seeds (one Hydra multirun) and write a report. "
         "Other arguments are Hydra overrides passed to every job, e.g. trainer.max_epochs=2.",
     )
-    parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per model and budget (default 3)")
+    parser.add_argument("--seeds", type=int, default=3, help="how many seeds per model and budget (default 3)")
+    parser.add_argument("--first-seed", type=int, default=0, help="the first seed (default 0): seeds K..K+N-1, "
+                        "e.g. --seeds 3 --first-seed 3 adds seeds 3-5 to an earlier comparison in a new --sweep-dir")
     parser.add_argument("--budgets", default=",".join(BUDGETS),
                         help="experiment configs to compare under, comma-separated: blog, blog_equal_steps")
     parser.add_argument("--models", default=None, help="comma-separated variants (conf/model/*.yaml), or 'all' "
@@ -202,10 +205,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return args
 
 
-def check_arguments(seeds: int, budgets: list[str], models: list[str], overrides: list[str]) -> None:
+def check_arguments(seeds: int, budgets: list[str], models: list[str], overrides: list[str],
+                    first_seed: int = 0) -> None:
     """Every argument and override checked before any job starts: a ValueError naming the fix."""
     if seeds < 1:
         raise ValueError(f"--seeds must be >= 1, got {seeds}")
+    if first_seed < 0:
+        raise ValueError(f"--first-seed must be >= 0, got {first_seed}")
+    if any(_key(o) == "seed" for o in overrides):
+        raise ValueError("the seeds are set by --seeds and --first-seed, not by a seed= override")
     variants = variant_names(search_dirs(overrides))
     experiments = sorted(p.stem for p in (PROJECT / "conf" / "experiment").glob("*.yaml"))
     for name, chosen, allowed in (("--models", models, variants), ("--budgets", budgets, experiments)):
@@ -249,13 +257,14 @@ def main(argv: list[str] | None = None) -> int:
     else:
         models = [m for m in args.models.split(",") if m]
     try:
-        check_arguments(args.seeds, budgets, models, args.overrides)
+        check_arguments(args.seeds, budgets, models, args.overrides, args.first_seed)
     except ValueError as error:  # ConfigError included
         print(f"error: {error}", file=sys.stderr)
         return 2
     root = args.sweep_dir or default_sweep_dir(args.overrides)
     # One multirun per budget (`<root>/<budget>/`): a budget may need its own form of an override.
-    commands = [(root / budget, multirun_command(args.seeds, budget, models, args.overrides, root / budget))
+    commands = [(root / budget, multirun_command(args.seeds, budget, models, args.overrides, root / budget,
+                                                        args.first_seed))
                 for budget in budgets]
     for _, command in commands:
         print("[compare] " + shlex.join(command), flush=True)

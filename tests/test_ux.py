@@ -208,12 +208,14 @@ def test_doc_lists_render_nested(tmp_path):
 
 @pytest.mark.parametrize("argv, message", [
     (["--seeds", "0"], "--seeds must be >= 1, got 0"),
+    (["--first-seed", "-1"], "--first-seed must be >= 0, got -1"),
+    (["seed=4"], "the seeds are set by --seeds and --first-seed, not by a seed= override"),
     (["--models", "foo"], "got foo"),
     (["--models", "_dcgan"], "--models must be"),
     (["--budgets", "nope"], "--budgets must be a comma-separated list drawn from blog,blog_equal_steps"),
     (["trainer.max_epochs=0"], "trainer.max_epochs must be an integer >= 1"),
     (["modle=wgan"], "Could not override 'modle'"),
-], ids=["seeds_zero", "unknown_model", "shared_parts", "unknown_budget", "bad_override", "typo"])
+], ids=["seeds_zero", "first_seed_negative", "seed_override", "unknown_model", "shared_parts", "unknown_budget", "bad_override", "typo"])
 def test_compare_refuses_bad_arguments_before_any_job(argv, message, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(compare.subprocess, "run", lambda *a, **k: pytest.fail("a job was started"))
     assert compare.main([*argv, "--sweep-dir", str(tmp_path / "sweep")]) == 2
@@ -229,6 +231,13 @@ def test_compare_numbers_jobs_as_their_folders_and_hides_side_by_side_progress_b
     parallel = compare.multirun_command(1, "blog", ["lsgan"], ["hydra/launcher=joblib"], Path("s"))
     assert "callbacks.progress_bar.refresh_rate=0" in parallel
     assert "callbacks.progress_bar.refresh_rate=0" not in compare.multirun_command(1, "blog", ["lsgan"], [], Path("s"))
+
+
+def test_compare_first_seed_extends_an_earlier_comparison_with_new_seeds(capsys):
+    assert "seed=3,4,5" in compare.multirun_command(3, "blog", ["lsgan"], [], Path("s"), first_seed=3)
+    assert "seed=0,1" in compare.multirun_command(2, "blog", ["lsgan"], [], Path("s"))
+    assert compare.main(["--seeds", "2", "--first-seed", "7", "--dry-run", "--sweep-dir", "x"]) == 0
+    assert "seed=7,8 " in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("argv", [["--steps", "0"], ["--batch-size", "0"], ["--repeats", "0"], ["--warmup", "-1"]])
