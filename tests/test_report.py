@@ -349,6 +349,22 @@ def test_report_tells_apart_multiruns_of_one_experiment_whose_config_groups_diff
     assert sections == ["**small_data, augment=null**", "small_data, augment=diffaugment"]  # bold: the lower FID
 
 
+def test_report_merges_multiruns_that_differ_only_in_their_seeds_into_one_section(tmp_path):
+    """`compare --seeds 2` and, later, `compare --seeds 2 --first-seed 2` into another folder, both linked into one
+    report folder: one section, each model's statistics over the four seeds."""
+    root = tmp_path / "all"
+    fids = {"first": [1.0, 1.2], "more": [1.4, 1.8]}
+    for part, seeds in (("first", "0,1"), ("more", "2,3")):
+        _fake_part(root / part, ["experiment=blog", "model=nsgan", f"seed={seeds}", "hydra/launcher=joblib"],
+                   [({"seed": s}, f) for s, f in zip(seeds.split(","), fids[part])])
+    text = (build_report(root, c2st=False) / "report.md").read_text()
+    assert text.count("## Budget: ") == 1 and "## Budget: blog\n" in text
+    row = md_tables(text)["Summary"][0]
+    fids4 = [1.0, 1.2, 1.4, 1.8]
+    assert row["complete seeds"] == "4 of 4"
+    assert row["final FID (retina_v2)"] == f"{np.mean(fids4):.2f} ± {np.std(fids4, ddof=1):.2f}"
+
+
 def test_answer_counts_a_metric_on_which_every_model_ties_as_no_disagreement(tmp_path):
     """A metric with the same mean for every model (the copy fraction is 0 for all of them in real comparisons)
     puts no model first, so it neither agrees nor disagrees with the main metric; one where another model is
