@@ -385,9 +385,31 @@ def test_answer_counts_a_metric_on_which_every_model_ties_as_no_disagreement(tmp
     text = (build_report(root, c2st=False) / "report.md").read_text()
     answer = text.split("## Answer\n\n", 1)[1].split("\n## ", 1)[0]
     assert "NS-GAN has the lowest final FID (retina_v2)" in answer
-    assert "copy_fraction: all tied" in answer
+    assert "copy_fraction:" not in answer  # a check against real images' level, not a ranking
+    assert "no model copies its training images (copy fraction 0-0 against unseen real images' 0.05" in answer
     disagreement = answer.split("**They disagree with FID (retina_v2) on ", 1)[1].split("**", 1)[0]
     assert disagreement == "recall (retina_v2)"
+
+
+def test_answer_names_a_model_that_copies_instead_of_ranking_copy_fractions(tmp_path):
+    """Copy fractions of 0.001 and 0 are both "no copying": no disagreement; one above real images' 0.05 is named."""
+    root = tmp_path / "copy"
+    _fake_part(root / "blog", ["experiment=blog", "model=lsgan,nsgan", "seed=0,1"],
+               [({"experiment": "blog", "model": m, "seed": str(s)}, f)
+                for m, fs in {"lsgan": [3.0, 3.4], "nsgan": [1.1, 1.2]}.items() for s, f in enumerate(fs)])
+    for fraction in (0.001, 0.2):
+        for model, value in (("nsgan", fraction), ("lsgan", 0.0)):
+            for job in (root / "blog").glob(f"*model={model}*"):
+                frame = pd.read_csv(job / "metrics.csv")
+                frame["val/copy_fraction"], frame["val/memorization"] = value, 1.1
+                frame.to_csv(job / "metrics.csv", index=False)
+        answer = (build_report(root, c2st=False) / "report.md").read_text().split("## Answer\n\n", 1)[1]
+        answer = answer.split("\n## ", 1)[0]
+        assert "copy_fraction" not in answer.split("Caveats:")[0]
+        if fraction < 0.05:
+            assert "no model copies its training images (copy fraction 0-0.001" in answer
+        else:
+            assert "**NS-GAN copy training images** more often" in answer and "copy fraction 0-0.2" in answer
 
 
 def test_report_of_one_model_says_there_is_nothing_to_rank_instead_of_an_empty_answer(tmp_path):

@@ -27,6 +27,7 @@ from retina_gans.report.render import Doc
 from retina_gans.report.runs import COMPLETE, Run, Sweep, load_sweep
 from retina_gans.report.stats import Summary, pairwise_welch, summarize
 from retina_gans.report.stats import holm as stats_holm
+from retina_gans.metrics.memorization import COPY_QUANTILE
 from retina_gans.metrics.registry import METRICS, configured_main, direction, extractor_of_key, metric_for_key
 
 EXTRACTOR_ORDER = {"retina_v2": 0, "retina": 1, "inception": 2}
@@ -225,6 +226,30 @@ def _better(a: float, b: float, better: str) -> bool:
     return a < b if better == "lower" else a > b
 
 
+# Checks against the real images' own level, not rankings: a copy fraction of 0.001 is no worse than 0 (unseen real
+# images score COPY_QUANTILE by construction), so the answer says whether a model copies instead of who is "first".
+COPYING_KEYS = ("val/memorization", "val/copy_fraction")
+
+
+def _copying(by_model: dict[str, list[Run]]) -> str:
+    """One clause on copying for the answer: which models' mean final copy fraction exceeds unseen real images'
+    (COPY_QUANTILE), or that none does, with the range of copy fractions and memorization ratios."""
+    values = {key: {m: [v for r in rs if r.status == COMPLETE and (v := r.final(key)) is not None]
+                    for m, rs in by_model.items()} for key in COPYING_KEYS}
+    fractions, ratios = values["val/copy_fraction"], values["val/memorization"]
+    if not any(fractions.values()):
+        return ""
+    copiers = [model_name(m) for m, v in fractions.items() if v and sum(v) / len(v) > COPY_QUANTILE]
+    every = [x for v in fractions.values() for x in v]
+    span = f"copy fraction {min(every):.3g}-{max(every):.3g} against unseen real images' {COPY_QUANTILE:g}"
+    mems = [x for v in ratios.values() for x in v]
+    if mems:
+        span += f"; memorization {min(mems):.3g}-{max(mems):.3g}"
+    if copiers:
+        return f"**{', '.join(copiers)} copy training images** more often than unseen real images are near them ({span})"
+    return f"no model copies its training images ({span})"
+
+
 def _answer(doc: Doc, sweep: Sweep, main: str, columns: list[tuple[str, str, str]]) -> None:
     """The answer per budget: which model has the best final main metric, whether its lead exceeds the seed spread,
     which model each other metric puts first (where they disagree, said so), and the caveats."""
@@ -232,7 +257,7 @@ def _answer(doc: Doc, sweep: Sweep, main: str, columns: list[tuple[str, str, str
     main_label = next((label for label, key, _ in columns if key == main), main.removeprefix("val/"))
     ext = extractor_of_key(main)
     others = [(label, key, better) for label, key, better in columns if key != main and better != "one"
-              and (extractor_of_key(key) in (None, ext)) and key not in ("val/memorization",)]
+              and (extractor_of_key(key) in (None, ext)) and key not in COPYING_KEYS]
     sentences = []
     sections = list(dict.fromkeys(r.section for r in sweep.runs))
     for section in sections:
@@ -275,6 +300,9 @@ def _answer(doc: Doc, sweep: Sweep, main: str, columns: list[tuple[str, str, str
                    "validity table, not Inception's"]
         if any(r.status != COMPLETE for r in sweep.runs if r.section == section):
             caveats.append("some runs are not complete and are left out")
+        copying = _copying(by_model)
+        if copying:
+            caveats.append(copying)
         cells = ", ".join(f"{model_name(m)} {fmt_summary(stats[m], stats[m].n)[0]}"
                           for m in sorted(stats, key=lambda m: stats[m].mean))
         agreement = (f"The other metrics put first: {'; '.join(firsts)}. "
