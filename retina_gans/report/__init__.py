@@ -467,9 +467,10 @@ def _section(doc: Doc, section: str, runs: list[Run], columns: list[tuple[str, s
         wall = fmt_summary(summarize([_minutes(r) for r in ok]), len(ok))[0]
         rows.append([model_name(model), f"{len(ok)} of {len(rs)}", *cells, c2st, steps, wall])
     doc.table(header, rows)
-    doc.p("Arrows: FID, KID, spectral_distance and copy_fraction lower is better; precision, recall, coverage and IS "
-          "higher; density near 1; memorization above 1 (below: closer to the training set than unseen real images); "
-          "C2ST accuracy near 0.5.")
+    doc.p("Arrows: FID, KID and spectral_distance lower is better; precision, recall, coverage and IS higher; density "
+          "near 1; C2ST accuracy near 0.5. Memorization and copy_fraction are a copying check, not a ranking: "
+          f"memorization above 1 (below: closer to the training set than unseen real images) and copy_fraction at or "
+          f"under unseen real images' {COPY_QUANTILE:g} pass it.")
 
     for model, rs in by_model.items():
         ok = complete[model]
