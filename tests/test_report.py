@@ -409,7 +409,7 @@ def test_answer_names_a_model_that_copies_instead_of_ranking_copy_fractions(tmp_
         if fraction < 0.05:
             assert "no model copies its training images (copy fraction 0-0.001" in answer
         else:
-            assert "**NS-GAN copy training images** more often" in answer and "copy fraction 0-0.2" in answer
+            assert "**NS-GAN copies training images** more often" in answer and "copy fraction 0-0.2" in answer
 
 
 def test_report_of_one_model_says_there_is_nothing_to_rank_instead_of_an_empty_answer(tmp_path):

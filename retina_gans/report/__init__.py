@@ -246,7 +246,8 @@ def _copying(by_model: dict[str, list[Run]]) -> str:
     if mems:
         span += f"; memorization {min(mems):.3g}-{max(mems):.3g}"
     if copiers:
-        return f"**{', '.join(copiers)} copy training images** more often than unseen real images are near them ({span})"
+        verb = "copies" if len(copiers) == 1 else "copy"
+        return f"**{', '.join(copiers)} {verb} training images** more often than unseen real images are near them ({span})"
     return f"no model copies its training images ({span})"
 
 
@@ -469,7 +470,7 @@ def _section(doc: Doc, section: str, runs: list[Run], columns: list[tuple[str, s
     doc.table(header, rows)
     doc.p("Arrows: FID, KID and spectral_distance lower is better; precision, recall, coverage and IS higher; density "
           "near 1; C2ST accuracy near 0.5. Memorization and copy_fraction are a copying check, not a ranking: "
-          f"memorization above 1 (below: closer to the training set than unseen real images) and copy_fraction at or "
+          "memorization above 1 (below: closer to the training set than unseen real images) and copy_fraction at or "
           f"under unseen real images' {COPY_QUANTILE:g} pass it.")
 
     for model, rs in by_model.items():
