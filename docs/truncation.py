@@ -1,7 +1,7 @@
 """`python docs/truncation.py RUN [RUN ...]` (docs/small_data.md, *Truncation*): does scaling the noise by psi < 1
 (the truncation trick) buy precision? Each run's last.ckpt (its EMA generator), 1,080 samples from noise seed 0
-times psi, every per-validation metric against the train split; means over the runs, and a grid of the first run's
-16 images at psi 1, 0.8 and 0.5 (truncation.png beside the script's JSON, truncation.json, in the current folder)."""
+times psi, every per-validation metric against the train split; means over the runs. Writes truncation.json (every
+value) and truncation.png (the first run's 16 images at psi 1, 0.8 and 0.5) into the current folder."""
 import json
 import os
 import sys

@@ -264,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     root = args.sweep_dir or default_sweep_dir(args.overrides)
     # One multirun per budget (`<root>/<budget>/`): a budget may need its own form of an override.
     commands = [(root / budget, multirun_command(args.seeds, budget, models, args.overrides, root / budget,
-                                                        args.first_seed))
+                                                 first_seed=args.first_seed))
                 for budget in budgets]
     for _, command in commands:
         print("[compare] " + shlex.join(command), flush=True)
