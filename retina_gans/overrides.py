@@ -40,7 +40,36 @@ def _exists(path: str) -> bool:
         return False
 
 
+def unreadable_override(argv: list[str]) -> str | None:
+    """One line naming the first override Hydra's grammar cannot read (`out=a=b.json`, `x=[1,2`) and the fix, or
+    None. Hydra's own message is three lines without the override or the fix, and exits with 1."""
+    try:  # Hydra's own argument parser separates overrides from flags and their values (`--cfg job`)
+        from hydra._internal.utils import get_args_parser
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+        from hydra.errors import HydraException
+
+        overrides = get_args_parser().parse_known_args(argv)[0].overrides
+    except (ImportError, SystemExit):  # another Hydra layout, or a flag error Hydra reports itself
+        return None
+    parser = OverridesParser.create()
+    for arg in overrides:
+        try:
+            parser.parse_override(arg)
+        except HydraException as error:
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            key, _, value = arg.partition("=")
+            return (f"cannot read the override {arg!r} ({reason}): quote a value holding '=', ',', brackets or quotes, "
+                    f"e.g. {override(key, value)}" if value else f"cannot read the override {arg!r} ({reason})")
+    return None
+
+
 def run_cli(main) -> None:
-    """Calls a `@hydra.main` entry point with `quote_existing_paths` applied to the command line."""
-    sys.argv = [sys.argv[0]] + quote_existing_paths(sys.argv[1:])
+    """Calls a `@hydra.main` entry point with `quote_existing_paths` applied to the command line; an override Hydra
+    cannot read is one line on stderr, exit code 2."""
+    argv = quote_existing_paths(sys.argv[1:])
+    problem = unreadable_override(argv)
+    if problem is not None:
+        print(f"error: {problem}", file=sys.stderr)
+        sys.exit(2)
+    sys.argv = [sys.argv[0]] + argv
     main()

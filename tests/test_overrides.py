@@ -2,12 +2,13 @@
 a sweep's job folders (`0_experiment=blog,model=lsgan,seed=0`: '=' and ',' break Hydra's grammar unquoted)."""
 
 import shlex
+import sys
 
 import pytest
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
-from retina_gans.overrides import override, quote_existing_paths
+from retina_gans.overrides import override, quote_existing_paths, run_cli, unreadable_override
 from retina_gans.train import resume_command
 
 PATHS = [
@@ -49,3 +50,24 @@ def test_a_typed_path_to_a_job_folder_works_unquoted_and_sweeps_stay_sweeps(tmp_
     parsed = OverridesParser.create().parse_overrides(quoted[:-1])
     assert parsed[0].key_or_group == "ckpt_path" and parsed[0].value() == str(ckpt)
     assert [p.is_sweep_override() for p in parsed[:3]] == [False, True, True]
+
+
+def test_an_override_hydra_cannot_read_is_one_line_naming_the_fix_and_exit_2(monkeypatch, capsys):
+    """`evaluate out=logs/a,b=c.json`: Hydra alone prints three lines without the override and exits 1."""
+    called = []
+    monkeypatch.setattr("sys.argv", ["evaluate", "samples=x.npz", "out=/no/such/a,b=c.json"])
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(lambda: called.append(True))
+    assert exit_info.value.code == 2 and not called
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "out=/no/such/a,b=c.json" in err and "out='/no/such/a,b=c.json'" in err
+    assert "x=[1,2" in unreadable_override(["--multirun", "x=[1,2"])
+
+
+def test_readable_overrides_and_flags_pass_to_hydra_untouched(monkeypatch):
+    argv = ["--cfg", "job", "model=lsgan,nsgan", "~ema", "+a.b=[1,2]", "hydra/launcher=joblib", "x='a=b'", "-m"]
+    assert unreadable_override(argv) is None
+    monkeypatch.setattr("sys.argv", ["train", *argv])
+    seen = []
+    run_cli(lambda: seen.append(list(sys.argv)))
+    assert seen == [["train", *argv]]
