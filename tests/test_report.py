@@ -420,3 +420,28 @@ def test_report_of_one_model_says_there_is_nothing_to_rank_instead_of_an_empty_a
     answer = text.split("## Answer\n\n", 1)[1].split("\n## ", 1)[0].strip()
     assert answer.startswith("One model per section (NS-GAN): nothing to rank here.")
     assert "Across sections" not in answer and "FID (retina_v2)" in answer
+
+
+def test_answer_calls_a_metric_that_ranks_another_model_first_only_within_the_seed_spread_no_disagreement(tmp_path):
+    """LS-GAN's mean precision a hair above NS-GAN's, the seeds overlapping: not a disagreement with the main FID;
+    the answer says it is within the spread, with Welch's p. Recall far apart on every seed: a disagreement."""
+    root = tmp_path / "spread"
+    _fake_part(root / "blog", ["experiment=blog", "model=lsgan,nsgan", "seed=0,1,2"],
+               [({"experiment": "blog", "model": m, "seed": str(s)}, f)
+                for m, fs in {"lsgan": [3.0, 3.4, 3.2], "nsgan": [1.1, 1.2, 1.0]}.items() for s, f in enumerate(fs)])
+    values = {"lsgan": ([0.962, 0.958, 0.966], [0.99, 0.98, 0.99]), "nsgan": ([0.950, 0.970, 0.960], [0.5, 0.52, 0.51])}
+    for model, (precision, recall) in values.items():
+        for job in (root / "blog").glob(f"*model={model}*"):
+            seed = int(job.name.rsplit("seed=", 1)[1])
+            frame = pd.read_csv(job / "metrics.csv")
+            frame["val/precision_retina_v2"], frame["val/recall_retina_v2"] = precision[seed], recall[seed]
+            frame.to_csv(job / "metrics.csv", index=False)
+    answer = (build_report(root, c2st=False) / "report.md").read_text().split("## Answer\n\n", 1)[1].split("\n## ", 1)[0]
+    assert "precision (retina_v2): LS-GAN" in answer  # it does rank LS-GAN first on precision
+    disagreement = answer.split("**They disagree with FID (retina_v2) on ", 1)[1].split("**", 1)[0]
+    assert disagreement == "recall (retina_v2)"
+    within = answer.split("only within the seed spread (Welch): ", 1)[1].split(").", 1)[0]
+    assert within.startswith("precision (retina_v2) (p = ")
+    p = float(within.split("p = ", 1)[1])
+    assert p == pytest.approx(scipy_stats.ttest_ind([0.962, 0.958, 0.966], [0.950, 0.970, 0.960], equal_var=False).pvalue,
+                              rel=0.05)
