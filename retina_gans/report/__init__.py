@@ -297,10 +297,11 @@ def _answer(doc: Doc, sweep: Sweep, main: str, columns: list[tuple[str, str, str
                 # a disagreement is one beyond the seed spread: the metric's first against the main metric's best
                 # (Welch; untestable with < 2 seeds or no spread at all: counted as a disagreement)
                 test = pairwise_welch({m: raw[m] for m in (tops[0], best)})
-                if test and math.isfinite(test[0].p) and test[0].p >= 0.05:
+                tested = bool(test) and math.isfinite(test[0].p)
+                if tested and test[0].p >= 0.05:
                     within.append(f"{label} (p = {test[0].p:.2g})")
                 else:
-                    disagree.append(label)
+                    disagree.append(f"{label} ({f'p = {test[0].p:.2g}' if tested else 'untested'})")
         seeds = sorted({s.n for s in stats.values()})
         caveats = [f"{'-'.join(map(str, seeds))} seed{'s' if seeds[-1] > 1 else ''} per model (low power: *not "
                    "shown* is not *equal*)", f"{main_label} is in the in-domain embedding checked in the README's "
@@ -312,11 +313,12 @@ def _answer(doc: Doc, sweep: Sweep, main: str, columns: list[tuple[str, str, str
             caveats.append(copying)
         cells = ", ".join(f"{model_name(m)} {fmt_summary(stats[m], stats[m].n)[0]}"
                           for m in sorted(stats, key=lambda m: stats[m].mean))
+        untested = "; untested: fewer than 2 seeds or no spread" if any("untested" in d for d in disagree) else ""
         level = (f" Where the others put another model first, {model_name(best)} is behind it only within the seed "
                  f"spread (Welch): {', '.join(within)}." if within else "")
         agreement = (f"The other metrics put first: {'; '.join(firsts)}. "
-                     + (f"**They disagree with {main_label} on {', '.join(disagree)}** (beyond the seed spread): read "
-                        "those before calling a winner." if disagree
+                     + (f"**They disagree with {main_label} on {', '.join(disagree)}** (beyond the seed spread, "
+                        f"Welch{untested}): read those before calling a winner." if disagree
                         else f"None disagrees with {main_label} beyond the seed spread." if within
                         else f"Every one agrees with {main_label}.") + level) if firsts else ""
         sentences.append(f"**{section}:** {model_name(best)} has the lowest final {main_label} ({cells}); its lead "
