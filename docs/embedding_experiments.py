@@ -13,13 +13,15 @@ the undamaged floor (400 test vs 1,080 train).
     python docs/embedding_experiments.py --load /tmp/d.pt --tag d
 
 Writes /tmp/emb_<tag>.json. Not part of the package; an experiment record."""
-import argparse, time, math, torch, numpy as np, scipy.linalg, json
+import argparse, time, math, torch, json
 import torch.nn.functional as F
 from torch import nn
 from retina_gans.data import ensure_data_file, load_split
 from retina_gans.pixels import to_model_range
 from retina_gans.metrics.retina_embedding import RetinaEmbeddingNet, augment, load_retina_embedding, nt_xent, shift, symmetry
 from retina_gans.metrics.validity import DAMAGES
+from retina_gans.metrics.damage import fundus_rectangles
+from retina_gans.metrics.generation_metrics import frechet_distance
 p = argparse.ArgumentParser()
 p.add_argument("--recon", type=float, default=0.0); p.add_argument("--contrast", type=float, default=1.0)
 p.add_argument("--rot", type=float, default=0.0, help="max arbitrary rotation degrees (bilinear)")
@@ -114,24 +116,11 @@ def readouts(m):
             "meanstd": torch.cat([m.mean((2, 3)), m.std((2, 3))], 1),  # each channel's mean and sd over the 49 cells
             "patch": m.flatten(2).permute(0, 2, 1).reshape(-1, m.shape[1])}  # every cell a sample: (49 N, D)
 def fid(x, y):
-    x, y = x.numpy(), y.numpy(); s1, s2 = np.cov(x, rowvar=False), np.cov(y, rowvar=False)
-    return float(((x.mean(0) - y.mean(0)) ** 2).sum() + np.trace(s1 + s2 - 2 * scipy.linalg.sqrtm(s1 @ s2).real))
-def fundus_rectangles(images, count, g, size=5):
-    """`count` black squares per image, each wholly on the fundus: where the train split's mean image is above half
-    its maximum (468 of 784 pixels; 287 of the 576 positions of a 5x5 square lie inside it)."""
-    mean = tr.float().mean((0, 1)); inside = (mean > mean.max() / 2).float()[None, None]
-    ok = F.avg_pool2d(inside, size, stride=1)[0, 0] > 0.999  # (24, 24): square wholly inside
-    positions = ok.nonzero()
-    out = images.clone()
-    for _ in range(int(count)):
-        pick = positions[torch.randint(0, len(positions), (len(images),), generator=g)]
-        for i, (y, x) in enumerate(pick.tolist()):
-            out[i, :, y:y + size, x:x + size] = 0
-    return out
+    return frechet_distance(y.double(), x.double())  # (damaged, train): the estimator validation uses
 R = readouts(maps(train)); res = {}
 rows = [("none", 0, test)] + [(d.name, s, to_model_range(d.apply(te, s, torch.Generator().manual_seed(0), labels=tl, train=tr)))
                               for d in DAMAGES if d.name != "copy_training" for s in d.strengths]
-rows += [("fundus_rectangles", s, to_model_range(fundus_rectangles(te, s, torch.Generator().manual_seed(0)))) for s in (1, 2, 3, 4)]
+rows += [("fundus_rectangles", s, to_model_range(fundus_rectangles(te, s, torch.Generator().manual_seed(0), tr))) for s in (1, 2, 3, 4)]
 for name, s, x in rows:
     r = readouts(maps(x)); res[f"{name}@{s:g}"] = {k: fid(r[k], R[k]) for k in R}
 fl = res["none@0"]

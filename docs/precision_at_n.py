@@ -15,8 +15,6 @@ import os
 import re
 from pathlib import Path
 
-import numpy as np
-
 KEYS = ("precision_retina_v2", "recall_retina_v2", "density_retina_v2", "coverage_retina_v2")
 
 
@@ -51,7 +49,7 @@ def score(n: int, out: Path, runs: list[str]) -> None:
 
 
 def table(path: Path) -> None:
-    from scipy import stats
+    from retina_gans.report.stats import pairwise_welch, summarize
 
     groups: dict[tuple[str, str], list[tuple[int, float]]] = {}
     for line in path.read_text().splitlines():
@@ -66,10 +64,11 @@ def table(path: Path) -> None:
         blog = [v for _, v in sorted(groups.get((model, "blog"), []))]
         recipe = [v for _, v in sorted(groups.get((model, "recipe"), []))]
         line = f"{model}: blog {', '.join(f'{v:.3f}' for v in blog)}"
-        if len(blog) > 1 and len(recipe) > 1:
-            p = stats.ttest_ind(recipe, blog, equal_var=False).pvalue
-            line += (f"; recipe {', '.join(f'{v:.3f}' for v in recipe)}; {np.mean(blog):.4f} ± {np.std(blog, ddof=1):.4f}"
-                     f" -> {np.mean(recipe):.4f} ± {np.std(recipe, ddof=1):.4f}, Welch p = {p:.2g}")
+        test = pairwise_welch({"recipe": recipe, "blog": blog})  # the report's Welch: empty below 2 seeds a side
+        if test:
+            b, r = summarize(blog), summarize(recipe)
+            line += (f"; recipe {', '.join(f'{v:.3f}' for v in recipe)}; {b.mean:.4f} ± {b.sd:.4f} -> "
+                     f"{r.mean:.4f} ± {r.sd:.4f}, Welch p = {test[0].p:.2g}")
         print(line)
 
 

@@ -7,6 +7,7 @@ from omegaconf import OmegaConf
 from retina_gans.metrics import METRICS, GenerationMetrics, direction, memorization, metric_for_key
 from retina_gans.metrics import damage
 from retina_gans.metrics.c2st import c2st_accuracy
+from retina_gans.metrics.generation_metrics import frechet_distance
 from retina_gans.metrics.prdc import kth_neighbour_radii, prdc
 from retina_gans.metrics.spectrum import radial_power_spectrum, spectral_distance
 from tests.conftest import REAL_DATA_DIR
@@ -125,6 +126,24 @@ def test_set_damages_collapse_drop_and_copy_as_stated():
 
 
 # ---- the registry --------------------------------------------------------------------------------------------
+def test_fundus_rectangles_lie_wholly_where_the_train_mean_is_bright():
+    train = torch.zeros(4, 1, 28, 28, dtype=torch.uint8)
+    train[:, :, 6:22, 6:22] = 200  # a bright 16x16 "fundus"
+    images = torch.full((50, 1, 28, 28), 100, dtype=torch.uint8)
+    out = damage.fundus_rectangles(images, 1, torch.Generator().manual_seed(0), train)
+    black = out == 0
+    assert (black.flatten(1).sum(1) == 25).all()  # one whole 5x5 square per image
+    assert not black[:, :, :6].any() and not black[:, :, 22:].any()  # never off the fundus
+    assert not black[..., :6].any() and not black[..., 22:].any()
+
+
+def test_frechet_distance_of_a_shifted_set_is_the_squared_shift():
+    a = torch.randn(300, 6, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    shift = torch.tensor([1.0, -2.0, 0.5, 0.0, 0.0, 3.0], dtype=torch.float64)
+    assert frechet_distance(a, a + shift) == pytest.approx(float(shift.square().sum()), abs=1e-6)
+    assert frechet_distance(a, a) == pytest.approx(0, abs=1e-6)
+
+
 def test_every_logged_key_belongs_to_a_registered_metric_with_a_direction():
     metrics = GenerationMetrics(["retina"], None, 1, metrics=list(METRICS))
     images = synthetic_fundus(60, 1, seed=0)

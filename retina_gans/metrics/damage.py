@@ -58,6 +58,21 @@ def black_rectangles(images: Tensor, count: float, generator: torch.Generator, s
     return out
 
 
+def fundus_rectangles(images: Tensor, count: float, generator: torch.Generator, train: Tensor, size: int = 5) -> Tensor:
+    """`count` black size x size squares per image, each wholly on the fundus: where the train split's mean image
+    exceeds half its maximum (468 of 784 pixels at 28x28; 287 of the 576 positions of a 5x5 square lie inside it).
+    Not in the validity check (its rectangles are uniform, as Heusel et al.'s); for docs/embedding_experiments.md."""
+    mean = train.float().mean((0, 1))
+    inside = (mean > mean.max() / 2).float()[None, None]
+    positions = (F.avg_pool2d(inside, size, stride=1)[0, 0] > 0.999).nonzero()  # squares wholly inside
+    out = images.clone()
+    for _ in range(int(count)):
+        picks = positions[torch.randint(0, len(positions), (len(images),), generator=generator)]
+        for i, (y, x) in enumerate(picks.tolist()):
+            out[i, :, y : y + size, x : x + size] = 0
+    return out
+
+
 def swirl(images: Tensor, strength: float, generator: torch.Generator | None = None) -> Tensor:
     """A swirl about the image centre with scikit-image's `swirl` mapping (its `radius` = the image side: the twist
     decays to 1/1000 at that distance), as Heusel et al. 2017 used it.

@@ -103,6 +103,15 @@ class _FrechetDistance(FrechetInceptionDistance):
         super().reset()
 
 
+def frechet_distance(real: Tensor, fake: Tensor) -> float:
+    """The FID between two feature sets (N, D), by the estimator validation uses (`_FrechetDistance`): for
+    experiments on features no extractor makes (read-outs, concatenations)."""
+    fid = _FrechetDistance(Precomputed(real.shape[1]), reset_real_features=False, sync_on_compute=False)
+    fid.update(real, real=True)
+    fid.update(fake, real=False)
+    return float(fid.compute())
+
+
 class GenerationMetrics(nn.Module):
     """The registered metrics of generated vs. real uint8 images, per feature extractor where a metric reads one.
 

@@ -281,7 +281,7 @@ def _answer(doc: Doc, sweep: Sweep, main: str, columns: list[tuple[str, str, str
             else:
                 verdict = "exceeds" if c.p_holm < 0.05 else "does not exceed"
                 leads.append(f"over {model_name(other)} {verdict} the seed spread (Holm p = {c.p_holm:.2g})")
-        firsts, disagree, within = [], [], []
+        firsts, disagree, within, untested = [], [], [], False
         for label, key, better in others + [("C2ST accuracy", "c2st", "half")]:
             raw = {m: [r.c2st if key == "c2st" else r.final(key) for r in rs if r.status == COMPLETE]
                    for m, rs in by_model.items()}
@@ -302,6 +302,7 @@ def _answer(doc: Doc, sweep: Sweep, main: str, columns: list[tuple[str, str, str
                     within.append(f"{label} (p = {test[0].p:.2g})")
                 else:
                     disagree.append(f"{label} ({f'p = {test[0].p:.2g}' if tested else 'untested'})")
+                    untested = untested or not tested
         seeds = sorted({s.n for s in stats.values()})
         caveats = [f"{'-'.join(map(str, seeds))} seed{'s' if seeds[-1] > 1 else ''} per model (low power: *not "
                    "shown* is not *equal*)", f"{main_label} is in the in-domain embedding checked in the README's "
@@ -313,12 +314,11 @@ def _answer(doc: Doc, sweep: Sweep, main: str, columns: list[tuple[str, str, str
             caveats.append(copying)
         cells = ", ".join(f"{model_name(m)} {fmt_summary(stats[m], stats[m].n)[0]}"
                           for m in sorted(stats, key=lambda m: stats[m].mean))
-        untested = "; untested: fewer than 2 seeds or no spread" if any("untested" in d for d in disagree) else ""
         level = (f" Where the others put another model first, {model_name(best)} is behind it only within the seed "
                  f"spread (Welch): {', '.join(within)}." if within else "")
         agreement = (f"The other metrics put first: {'; '.join(firsts)}. "
                      + (f"**They disagree with {main_label} on {', '.join(disagree)}** (beyond the seed spread, "
-                        f"Welch{untested}): read those before calling a winner." if disagree
+                        f"Welch{'; untested: fewer than 2 seeds or no spread' if untested else ''}): read those before calling a winner." if disagree
                         else f"None disagrees with {main_label} beyond the seed spread." if within
                         else f"Every one agrees with {main_label}.") + level) if firsts else ""
         sentences.append(f"**{section}:** {model_name(best)} has the lowest final {main_label} ({cells}); its lead "
