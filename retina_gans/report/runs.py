@@ -156,7 +156,10 @@ def _max_epochs(run_dir: Path) -> int | None:
 def _choices(run_dir: Path) -> dict[str, str]:
     try:
         choices = OmegaConf.load(run_dir / ".hydra" / "hydra.yaml").hydra.runtime.choices
-        return {k: str(v) for k, v in choices.items() if v is not None}
+        chosen = {k: str(v) for k, v in choices.items() if v is not None}
+        if chosen.get("recipe") == f"{choices.get('experiment')}/{choices.get('model')}":
+            del chosen["recipe"]  # the experiment's own settings for the model (conf/config.yaml): not a choice
+        return chosen
     except Exception:  # noqa: BLE001
         return {}
 
