@@ -230,6 +230,22 @@ def test_blog_has_no_augmentation_or_ema_and_small_data_has_the_ema_only():
     assert (cfg.data.batch_size, cfg.data.channels, cfg.model.generator_optimizer.lr) == (64, 1, 2e-4)  # the blog's
 
 
+
+def test_small_data_gives_only_clipped_wgan_a_batchnorm_critic():
+    """conf/recipe/<experiment>/<model>.yaml: an experiment's settings for one variant. experiment=small_data's
+    clipped WGAN critic gets BatchNorm (measured: the checkerboard goes, README); the blog's stays without, as the
+    blog writes; every other variant's critic is what it is without the recipe file; `~recipe` leaves it out."""
+    def critic_norm(*overrides):
+        return compose_config(list(overrides)).model.critic.batch_norm
+
+    assert critic_norm("model=wgan", "experiment=small_data") is True
+    assert critic_norm("model=wgan", "experiment=blog") is False and critic_norm("model=wgan") is False
+    assert critic_norm("model=wgan", "experiment=small_data", "~recipe") is False
+    assert critic_norm("model=wgan", "experiment=small_data", "model.critic.batch_norm=false") is False
+    for model in variant_names():
+        if model != "wgan":
+            assert critic_norm(f"model={model}", "experiment=small_data") == critic_norm(f"model={model}"), model
+
 # ---- exact resume with the options on ----------------------------------------------------------------------------
 @pytest.mark.parametrize("options", [
     ["ema=stylegan2", "augment=ada", "model.augment.interval=2", "model.augment.adjust_images=2000", "lecam=tseng2021"],
