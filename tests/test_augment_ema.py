@@ -239,6 +239,7 @@ def test_small_data_gives_only_clipped_wgan_a_batchnorm_critic():
         return compose_config(list(overrides)).model.critic.batch_norm
 
     assert critic_norm("model=wgan", "experiment=small_data") is True
+    assert compose_config(["model=wgan", "experiment=small_data"]).trainer.max_epochs == 400  # where its FID stops falling
     assert critic_norm("model=wgan", "experiment=blog") is False and critic_norm("model=wgan") is False
     assert critic_norm("model=wgan", "experiment=small_data", "~recipe") is False
     assert critic_norm("model=wgan", "experiment=small_data", "model.critic.batch_norm=false") is False
