@@ -94,7 +94,8 @@ def test_bench_refuses_an_unknown_option_in_one_line(capsys):
     with pytest.raises(SystemExit) as exited:
         main(["--options", "augment=flips"])
     assert exited.value.code == 2
-    assert "--options: unknown ['augment=flips']; options: augment=ada augment=diffaugment ema=stylegan2 lecam=tseng2021" in capsys.readouterr().err
+    assert ("--options: unknown ['augment=flips']; options: augment=ada augment=diffaugment ema=stylegan2 lecam=tseng2021 "
+            "recipe=small_data/wgan") in capsys.readouterr().err
 
 
 def test_bench_refuses_float16_on_cpu():

@@ -59,7 +59,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--models", nargs="+", help="variants (conf/model/*.yaml; default: all of them)")
     p.add_argument("--options", nargs="+", default=[], metavar="GROUP=OPTION",
                    help="also time each model with each of these switched on, one at a time, as rows "
-                        "<model>+<option> (the files of conf/augment, conf/ema and conf/lecam, e.g. augment=ada ema=stylegan2)")
+                        "<model>+<option> (the files of conf/augment, conf/ema and conf/lecam, e.g. augment=ada ema=stylegan2, "
+                        "and of conf/recipe, e.g. recipe=small_data/wgan)")
     p.add_argument("--compile", action="store_true", help="model.compile=true (the WGAN-GP critic stays eager)")
     p.add_argument("--precision", choices=list(AUTOCAST_DTYPES), default="32-true")
     p.add_argument("--data-root", help="folder of retinamnist.npz (default: the config's, $RETINA_GANS_DATA)")
@@ -79,6 +80,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if set(args.models) - set(known):
         p.error(f"--models: unknown {sorted(set(args.models) - set(known))}; variants: {' '.join(known)}")
     options = [f"{group}={f.stem}" for group in OPTION_GROUPS for f in sorted((CONF_DIR / group).glob("*.yaml"))]
+    options += [f"recipe={f.relative_to(CONF_DIR / 'recipe').with_suffix('').as_posix()}"  # an experiment's settings
+                for f in sorted((CONF_DIR / "recipe").rglob("*.yaml"))]  # for one variant, e.g. small_data/wgan
     if set(args.options) - set(options):
         p.error(f"--options: unknown {sorted(set(args.options) - set(options))}; options: {' '.join(options)}")
     return args
