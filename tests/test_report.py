@@ -349,6 +349,20 @@ def test_report_tells_apart_multiruns_of_one_experiment_whose_config_groups_diff
     assert sections == ["**small_data, augment=null**", "small_data, augment=diffaugment"]  # bold: the lower FID
 
 
+
+def test_report_does_not_name_sections_by_the_recipe_file_their_experiment_and_model_pick(tmp_path):
+    """conf/config.yaml picks `recipe: ${experiment}/${model}`: a blog and a small_data multirun differ in that choice
+    only because their experiments differ, so their sections are `blog` and `small_data`, not `recipe=...`."""
+    root = tmp_path / "all"
+    for part, fids in (("blog", [3.0, 3.3]), ("small_data", [0.7, 0.75])):
+        _fake_part(root / part, [f"experiment={part}", "model=wgan", "seed=0,1"],
+                   [({"seed": str(s)}, f) for s, f in enumerate(fids)])
+        choices = {"experiment": part, "model": "wgan", "recipe": f"{part}/wgan", "hydra/launcher": "basic"}
+        for job in (root / part).glob("*_seed=*"):
+            OmegaConf.save(OmegaConf.create({"hydra": {"runtime": {"choices": choices}}}), job / ".hydra" / "hydra.yaml")
+    sections = [row["section"] for row in md_tables((build_report(root, c2st=False) / "report.md").read_text())["WGAN"]]
+    assert sections == ["blog", "**small_data**"]
+
 def test_report_merges_multiruns_that_differ_only_in_their_seeds_into_one_section(tmp_path):
     """`compare --seeds 2` and, later, `compare --seeds 2 --first-seed 2` into another folder, both linked into one
     report folder: one section, each model's statistics over the four seeds."""
