@@ -349,7 +349,6 @@ def test_report_tells_apart_multiruns_of_one_experiment_whose_config_groups_diff
     assert sections == ["**small_data, augment=null**", "small_data, augment=diffaugment"]  # bold: the lower FID
 
 
-
 def test_report_does_not_name_sections_by_the_recipe_file_their_experiment_and_model_pick(tmp_path):
     """conf/config.yaml picks `recipe: ${experiment}/${model}`: a blog and a small_data multirun differ in that choice
     only because their experiments differ, so their sections are `blog` and `small_data`, not `recipe=...`."""
@@ -362,6 +361,7 @@ def test_report_does_not_name_sections_by_the_recipe_file_their_experiment_and_m
             OmegaConf.save(OmegaConf.create({"hydra": {"runtime": {"choices": choices}}}), job / ".hydra" / "hydra.yaml")
     sections = [row["section"] for row in md_tables((build_report(root, c2st=False) / "report.md").read_text())["WGAN"]]
     assert sections == ["blog", "**small_data**"]
+
 
 def test_report_merges_multiruns_that_differ_only_in_their_seeds_into_one_section(tmp_path):
     """`compare --seeds 2` and, later, `compare --seeds 2 --first-seed 2` into another folder, both linked into one

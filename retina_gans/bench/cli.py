@@ -79,9 +79,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.models = args.models or known
     if set(args.models) - set(known):
         p.error(f"--models: unknown {sorted(set(args.models) - set(known))}; variants: {' '.join(known)}")
-    options = [f"{group}={f.stem}" for group in OPTION_GROUPS for f in sorted((CONF_DIR / group).glob("*.yaml"))]
-    options += [f"recipe={f.relative_to(CONF_DIR / 'recipe').with_suffix('').as_posix()}"  # an experiment's settings
-                for f in sorted((CONF_DIR / "recipe").rglob("*.yaml"))]  # for one variant, e.g. small_data/wgan
+    # the parts any variant can add, and an experiment's settings for one variant (recipe=small_data/wgan)
+    options = [f"{group}={f.relative_to(CONF_DIR / group).with_suffix('').as_posix()}"
+               for group in (*OPTION_GROUPS, "recipe") for f in sorted((CONF_DIR / group).rglob("*.yaml"))]
     if set(args.options) - set(options):
         p.error(f"--options: unknown {sorted(set(args.options) - set(options))}; options: {' '.join(options)}")
     return args
